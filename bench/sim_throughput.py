@@ -1,0 +1,42 @@
+"""Simulator throughput: scheduling decisions per second on the edge scenario.
+
+A decision is one call of the policy at a decision point (dispatch or wait), with the
+simulation of the events in between included. One process, one core. Prints the median of
+several episodes per (nodes, policy), and the ratio against first-fit run in the same process.
+Target (issue 2): >= 20,000 decisions/s at 16 nodes with the cache-aware heuristic.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from eat_policy.agents import base
+from eat_policy.sim import engine, scenarios
+
+REPEATS = 5
+
+
+def decisions_per_s(n_nodes: int, policy_name: str, seed: int) -> float:
+    sim = engine.Simulator(scenarios.edge(n_nodes=n_nodes, load=0.8, n_jobs=max(300, 4 * n_nodes)))
+    policy = base.make(policy_name)
+    sim.reset(seed)
+    policy.reset(seed)
+    n, t0 = 0, time.perf_counter()
+    while not sim.done:
+        sim.step(policy.decide(sim.snapshot()))
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    print(f"{'nodes':>5} {'policy':<12} {'decisions/s (median of %d)' % REPEATS:>28} {'vs first-fit':>12}")
+    for n_nodes in (16, 256):
+        baseline = statistics.median(decisions_per_s(n_nodes, "first-fit", s) for s in range(REPEATS))
+        for name in ("first-fit", "cache-lct", "edf-cache"):
+            rate = statistics.median(decisions_per_s(n_nodes, name, s) for s in range(REPEATS))
+            print(f"{n_nodes:>5} {name:<12} {rate:>28,.0f} {rate / baseline:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()

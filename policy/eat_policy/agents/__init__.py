@@ -1,0 +1,1 @@
+"""Schedulers behind one interface: heuristics now, the learned EAT policy beside them."""

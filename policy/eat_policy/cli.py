@@ -1,0 +1,144 @@
+"""``eat-policy``: simulate one episode, evaluate schedulers fairly (later: train, serve)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from eat_policy import evaluate as evaluation
+from eat_policy.agents import base
+from eat_policy.sim import engine, scenarios
+
+app = typer.Typer(help="EAT policy: simulator, schedulers and evaluation.", no_args_is_help=True, add_completion=False)
+console = Console(width=160)
+
+ScenarioOpt = Annotated[str, typer.Option(help="paper (the prototype's model) or edge (Kubernetes-shaped).")]
+ModeOpt = Annotated[str, typer.Option(help="fixed-k (jobs bring k) or choose-k (the scheduler picks k).")]
+NodesOpt = Annotated[Optional[int], typer.Option(help="Number of nodes (default: 4 paper, 8 edge).")]
+ArrivalOpt = Annotated[str, typer.Option(help="Arrival process: poisson, mmpp (bursty) or diurnal.")]
+JobsOpt = Annotated[Optional[int], typer.Option(help="Jobs per episode (default: 32 paper, 300 edge).")]
+
+
+def _scenario(name: str, mode: str, nodes: int | None, arrival: str, jobs: int | None, **point: float | None) -> scenarios.Scenario:
+    overrides: dict[str, object] = {"mode": mode, "arrival": arrival}
+    if nodes is not None:
+        overrides["n_nodes"] = nodes
+    if jobs is not None:
+        overrides["n_jobs"] = jobs
+        overrides["initial_queue"] = min(jobs, 10) if name == "paper" else 0
+    overrides.update({k: v for k, v in point.items() if v is not None})
+    try:
+        return scenarios.make(name, **overrides)
+    except scenarios.ScenarioError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise typer.BadParameter(f"{what} must be positive numbers, got {text!r}")
+    return values
+
+
+def _policies(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in base.names()]
+    if not names or unknown:
+        raise typer.BadParameter(f"unknown policy {', '.join(unknown) or text!r}; choose from {', '.join(base.names())}")
+    return names
+
+
+@app.command()
+def simulate(
+    scenario: ScenarioOpt = "paper",
+    mode: ModeOpt = "choose-k",
+    policy: Annotated[str, typer.Option(help="Scheduler to run.")] = "edf-cache",
+    seed: int = 0,
+    nodes: NodesOpt = None,
+    rate: Annotated[Optional[float], typer.Option(help="Arrival rate λ in jobs/s.")] = None,
+    load: Annotated[Optional[float], typer.Option(help="Edge: offered load ρ (overrides rate).")] = None,
+    arrival: ArrivalOpt = "poisson",
+    jobs: JobsOpt = None,
+    failures: Annotated[float, typer.Option(help="Edge: node failures per node-hour.")] = 0.0,
+) -> None:
+    """Run one episode of one policy and print its metrics."""
+    _policies(policy)
+    if rate is not None and rate <= 0:
+        raise typer.BadParameter(f"rate must be > 0, got {rate}")
+    extra: dict[str, float | None] = {"rate": rate, "load": load}
+    if failures:
+        extra["failures_per_node_h"] = failures
+    sc = _scenario(scenario, mode, nodes, arrival, jobs, **extra)
+    metrics, _ = evaluation.run_episode(engine.Simulator(sc), base.make(policy), seed)
+    table = Table(title=f"{policy} on {sc.name} ({sc.mode}, {sc.n_nodes} nodes, seed {seed})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4g}")
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    scenario: ScenarioOpt = "paper",
+    mode: ModeOpt = "choose-k",
+    policies: Annotated[str, typer.Option(help="Comma-separated policies.")] = "random,round-robin,first-fit,least-loaded,cache-lct,edf-cache",
+    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; each seed is one arrival trace shared by all policies.")] = 20,
+    rates: Annotated[Optional[str], typer.Option(help="Comma-separated λ (jobs/s). Default for paper: 0.01..0.11.")] = None,
+    loads: Annotated[Optional[str], typer.Option(help="Edge: comma-separated offered loads ρ. Default 0.5,0.8,1.0.")] = None,
+    nodes: NodesOpt = None,
+    arrival: ArrivalOpt = "poisson",
+    jobs: JobsOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder for CSV and PNGs.")] = None,
+) -> None:
+    """Compare schedulers on identical traces: table (mean ± 95% CI), CSV and plots."""
+    names = _policies(policies)
+    if seeds < 2:
+        raise typer.BadParameter(f"seeds must be >= 2 for a confidence interval, got {seeds}")
+    if rates and loads:
+        raise typer.BadParameter("give --rates or --loads, not both")
+    if loads or (scenario == "edge" and not rates):
+        points, label, key = _floats(loads or "0.5,0.8,1.0", "loads"), "offered load ρ", "load"
+    else:
+        points, label, key = _floats(rates or "0.01,0.03,0.05,0.07,0.09,0.11", "rates"), "arrival rate λ (jobs/s)", "rate"
+    extra = {"load": None} if key == "rate" else {}
+    make = lambda p: _scenario(scenario, mode, nodes, arrival, jobs, **{**extra, key: p})  # noqa: E731
+    for p in points:
+        make(p)  # validate every point before running any
+    out = out or Path("runs") / f"eval-{scenario}-{mode}"
+    total = len(points) * len(names) * seeds
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("episodes", total=total)
+        results = evaluation.sweep(make, names, points, range(seeds), progress=lambda: bar.advance(task))
+    evaluation.write_csv(results, out / "episodes.csv")
+    plots = evaluation.plot(results, out, label)
+    console.print(_table(evaluation.summarise(results), label, f"{scenario} ({mode}), {seeds} seeds, mean ± 95% CI"))
+    console.print(f"wrote {out / 'episodes.csv'} and {', '.join(p.name for p in plots)}")
+
+
+def _table(rows: list[dict[str, object]], label: str, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column(label.split(" (")[0], justify="right")
+    table.add_column("policy", no_wrap=True)
+    for metric in evaluation.TABLE_METRICS:
+        table.add_column(metric, justify="right", no_wrap=True)
+    for row in rows:
+        cells = []
+        for metric in evaluation.TABLE_METRICS:
+            mean, ci = row[metric]  # type: ignore[misc]
+            cells.append("–" if math.isnan(mean) else f"{mean:.3g} ± {ci:.2g}" if math.isfinite(ci) else f"{mean:.3g}")
+        table.add_row(f"{row['point']:g}", str(row["policy"]), *cells)
+    return table
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,148 @@
+"""Fair evaluation: every policy on identical arrival traces, many seeds, 95% CIs.
+
+A trace is a function of (scenario, seed) only (``sim.traces.make_trace``), so for each seed
+and load point all policies schedule exactly the same jobs. Results: one row per
+(policy, load point, seed) in a CSV, a table of mean ± 95% CI over seeds, and PNG plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from eat_policy.agents import base
+from eat_policy.sim import engine, scenarios
+
+# Two-sided 95% Student t quantiles for 1..30 degrees of freedom; the normal beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
+TABLE_METRICS = ("resp_mean_s", "resp_p95_s", "deadline_attainment", "quality_mean", "cold_start_rate", "gpu_util")
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeResult:
+    policy: str
+    point: float
+    """The load point: λ (jobs/s) or ρ, as swept."""
+    seed: int
+    metrics: dict[str, float]
+    responses_s: np.ndarray
+
+
+def run_episode(sim: engine.Simulator, policy: base.Policy, seed: int) -> tuple[dict[str, float], np.ndarray]:
+    sim.reset(seed)
+    policy.reset(seed)
+    while not sim.done:
+        sim.step(policy.decide(sim.snapshot()))
+    m = sim.metrics()
+    rec, tr = sim.records, sim.trace
+    arrived = tr.arrival_s <= sim.now
+    resp = np.where(np.isfinite(rec.finish_s), rec.finish_s - tr.arrival_s, sim.now - tr.arrival_s)[arrived]
+    return m.as_dict(), resp
+
+
+def sweep(
+    make_scenario: Callable[[float], scenarios.Scenario],
+    policies: Iterable[str],
+    points: Iterable[float],
+    seeds: Iterable[int],
+    progress: Callable[[], None] | None = None,
+) -> list[EpisodeResult]:
+    """Run every policy on every (point, seed) trace."""
+    results = []
+    for point in points:
+        sim = engine.Simulator(make_scenario(point))
+        for name in policies:
+            policy = base.make(name)
+            for seed in seeds:
+                metrics, resp = run_episode(sim, policy, seed)
+                results.append(EpisodeResult(name, point, seed, metrics, resp))
+                if progress:
+                    progress()
+    return results
+
+
+def mean_ci(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and 95% CI half-width (Student t) of the finite values."""
+    x = np.array([v for v in values if math.isfinite(v)])
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    if len(x) == 1:
+        return float(x[0]), float("nan")
+    t = _T95[len(x) - 2] if len(x) - 1 <= len(_T95) else 1.96
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def summarise(results: list[EpisodeResult]) -> list[dict[str, object]]:
+    """One row per (policy, point): mean and CI of each table metric."""
+    rows = []
+    for key in dict.fromkeys((r.policy, r.point) for r in results):
+        group = [r for r in results if (r.policy, r.point) == key]
+        row: dict[str, object] = {"policy": key[0], "point": key[1], "seeds": len(group)}
+        for metric in TABLE_METRICS:
+            row[metric] = mean_ci(r.metrics[metric] for r in group)
+        rows.append(row)
+    return rows
+
+
+def write_csv(results: list[EpisodeResult], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(results[0].metrics)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["policy", "point", "seed", *fields])
+        for r in results:
+            w.writerow([r.policy, r.point, r.seed, *(r.metrics[k] for k in fields)])
+
+
+def plot(results: list[EpisodeResult], out_dir: Path, point_label: str) -> list[Path]:
+    """Response time vs load, response-time CDF at the highest load, deadline attainment vs load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summarise(results)
+    policies = list(dict.fromkeys(r.policy for r in results))
+    paths = []
+    for metric, label, name in (
+        ("resp_mean_s", "mean response time (s)", "response_vs_load.png"),
+        ("deadline_attainment", "deadline attainment", "deadline_vs_load.png"),
+    ):
+        if all(math.isnan(r.metrics[metric]) for r in results):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for p in policies:
+            pts = [(r["point"], *r[metric]) for r in rows if r["policy"] == p]  # type: ignore[misc]
+            x, y, ci = (np.array(v, dtype=float) for v in zip(*pts))
+            ax.errorbar(x, y, yerr=np.nan_to_num(ci), label=p, capsize=3, marker="o", ms=3)
+        ax.set_xlabel(point_label)
+        ax.set_ylabel(label + " (mean ± 95% CI)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
+        paths.append(out_dir / name)
+    top = max(r.point for r in results)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p in policies:
+        resp = np.sort(np.concatenate([r.responses_s for r in results if r.policy == p and r.point == top]))
+        ax.plot(resp, np.arange(1, len(resp) + 1) / len(resp), label=p)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"response time (s) at {point_label} = {top:g}")
+    ax.set_ylabel("CDF over jobs and seeds")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "response_cdf.png", dpi=120)
+    plt.close(fig)
+    paths.append(out_dir / "response_cdf.png")
+    return paths

@@ -1,0 +1,111 @@
+"""Gymnasium environment over the simulator: one step per decision point.
+
+Observation: ``features.featurize`` of the snapshot, padded to the scenario's window.
+Action (a Dict): ``job`` (window slot, or ``window`` to wait), ``k`` (index into
+``features.K_VALUES``), ``node_scores`` (pointer-style scores over nodes: GPUs are taken from
+the highest-scoring nodes first) and ``steps`` (a bin over the job's steps range).
+Choices the masks rule out are repaired to the nearest feasible one, or become a wait.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from eat_policy import features
+from eat_policy.snapshot import Decision, Snapshot
+from eat_policy.sim import engine, scenarios
+
+STEP_BINS = 8
+
+
+class SchedulingEnv(gym.Env):  # type: ignore[type-arg]
+    metadata = {"render_modes": []}
+
+    def __init__(self, scenario: scenarios.Scenario) -> None:
+        self.scenario = scenario
+        self.sim = engine.Simulator(scenario)
+        n, j, k = scenario.n_nodes, scenario.window, len(features.K_VALUES)
+        box = lambda *shape: gym.spaces.Box(-features.TIME_CLIP, features.TIME_CLIP, shape, np.float32)  # noqa: E731
+        self.observation_space = gym.spaces.Dict({
+            "nodes": box(n, features.NODE_DIM),
+            "jobs": box(j, features.JOB_DIM),
+            "pairs": box(j, n, features.PAIR_DIM),
+            "global": box(features.GLOBAL_DIM),
+            "job_mask": gym.spaces.MultiBinary(j),
+            "k_mask": gym.spaces.MultiBinary((j, k)),
+            "free": gym.spaces.Box(0, 8, (j, n), np.int64),
+        })
+        self.action_space = gym.spaces.Dict({
+            "job": gym.spaces.Discrete(j + 1),
+            "k": gym.spaces.Discrete(k),
+            "node_scores": gym.spaces.Box(-1.0, 1.0, (n,), np.float32),
+            "steps": gym.spaces.Discrete(STEP_BINS),
+        })
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # type: ignore[override]
+        super().reset(seed=seed)
+        episode_seed = int(self.np_random.integers(2**31)) if seed is None else seed
+        self.sim.reset(episode_seed)
+        return self._obs(), {}
+
+    def step(self, action: dict[str, Any]):  # type: ignore[override]
+        snap = self.sim.snapshot()
+        decision = to_decision(snap, action, self._last_obs)
+        reward = self.sim.step(decision)
+        terminated = self.sim.done
+        info = {"waited": decision is None}
+        if terminated:
+            info["metrics"] = self.sim.metrics().as_dict()
+        return self._obs(), float(reward), terminated, False, info
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        self._last_obs = features.featurize(self.sim.snapshot())
+        return pad(self._last_obs, self.scenario.window)
+
+
+def pad(obs: features.Observation, window: int) -> dict[str, np.ndarray]:
+    """Pad the job axis to ``window`` rows (the queue may be shorter)."""
+    j = obs.jobs.shape[0]
+
+    def rows(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, np.zeros((window - j,) + a.shape[1:], a.dtype)]) if j < window else a[:window]
+
+    return {
+        "nodes": obs.nodes, "jobs": rows(obs.jobs), "pairs": rows(obs.pairs), "global": obs.global_,
+        "job_mask": rows(obs.job_mask.astype(np.int8)), "k_mask": rows(obs.k_mask.astype(np.int8)),
+        "free": rows(obs.free),
+    }
+
+
+def to_decision(snap: Snapshot, action: dict[str, Any], obs: features.Observation) -> Decision | None:
+    """Turn a (possibly infeasible) action into a valid decision, or a wait."""
+    j = int(action["job"])
+    if j >= snap.n_jobs or not obs.job_mask[j]:
+        return None
+    feasible = [i for i, ok in enumerate(obs.k_mask[j]) if ok]
+    want = int(action["k"])
+    ki = min(feasible, key=lambda i: (abs(i - want), -i))
+    k = features.K_VALUES[ki]
+    gpus = fill_gpus(snap, j, np.asarray(action["node_scores"], dtype=np.float64), k, obs.free[j])
+    lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
+    steps = lo + round(int(action["steps"]) / (STEP_BINS - 1) * (hi - lo))
+    return Decision(j, gpus, steps)
+
+
+def fill_gpus(snap: Snapshot, j: int, scores: np.ndarray, k: int, free: np.ndarray) -> tuple[int, ...]:
+    """Take k idle GPUs from nodes in descending score, GPUs holding the model first."""
+    idle = (snap.gpu_free_at <= snap.now) & snap.node_up[snap.gpu_node]
+    m = int(snap.job_model[j])
+    chosen: list[int] = []
+    for n in np.argsort(-scores, kind="stable"):
+        if free[n] == 0:
+            continue
+        gpus = [int(g) for g in snap.slots[n, : snap.node_gpus[n]] if idle[g]]
+        gpus.sort(key=lambda g: not snap.gpu_resident[g, m])
+        chosen.extend(gpus[: k - len(chosen)])
+        if len(chosen) == k:
+            break
+    return tuple(chosen)

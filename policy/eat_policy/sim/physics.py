@@ -1,0 +1,241 @@
+"""What a placement costs: start time, cold-start cost and per-step time of a gang.
+
+One physics per scenario prices any (job, GPU set) exactly as the engine will charge it
+(``estimate``), and proposes the few GPU sets worth considering for a job (``candidates``),
+so heuristics, the learned policy's masks and the service's predicted latencies all agree
+with the simulator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Protocol
+
+import numpy as np
+
+from eat_policy.snapshot import Snapshot
+from eat_policy.sim import catalog, paper
+
+INF = float("inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    gpus: tuple[int, ...]
+    start_s: float
+    """Absolute time the whole gang can launch (all members free)."""
+    startup_s: float
+    """Model fetch/load and rendezvous (paper: the cold start R_k, or 0 when warm)."""
+    fixed_s: float
+    """Per-image work besides the steps: text encoder, VAE, synchronous warm-up steps."""
+    per_step_s: float
+    cache: str
+    """Worst member's model state: ``resident``/``disk``/``store`` (edge), ``warm``/``cold`` (paper)."""
+
+    @property
+    def k(self) -> int:
+        return len(self.gpus)
+
+    @property
+    def cold(self) -> bool:
+        return self.cache not in ("resident", "warm")
+
+    def duration_s(self, steps: int) -> float:
+        return self.startup_s + self.fixed_s + steps * self.per_step_s
+
+    def finish_s(self, steps: int) -> float:
+        return self.start_s + self.duration_s(steps)
+
+
+class Physics(Protocol):
+    def estimate(self, snap: Snapshot, j: int, gpus: tuple[int, ...]) -> Placement: ...
+
+    def candidates(
+        self, snap: Snapshot, j: int, steps: int, idle_only: bool = False, exclude: np.ndarray | None = None
+    ) -> list[Placement]: ...
+
+    def quality(self, snap: Snapshot, j: int, steps: int) -> float: ...
+
+
+def for_scenario(name: str) -> Physics:
+    return PaperPhysics() if name == "paper" else EdgePhysics()
+
+
+def steps_within_deadline(snap: Snapshot, j: int, placement: Placement, default_steps: int) -> int:
+    """Most steps (best quality) that still meet the job's deadline; its minimum if none do.
+
+    Jobs without a deadline get ``default_steps``, clipped to their range.
+    """
+    lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
+    deadline = float(snap.job_deadline_s[j])
+    if math.isinf(deadline):
+        return min(max(default_steps, lo), hi)
+    budget = deadline - placement.start_s - placement.startup_s - placement.fixed_s
+    return min(max(int(budget // placement.per_step_s), lo), hi)
+
+
+def _ready_times(snap: Snapshot, idle_only: bool, exclude: np.ndarray | None, unusable: np.ndarray | None) -> np.ndarray:
+    ready = np.maximum(snap.gpu_free_at, snap.now)
+    bad = ~snap.node_up[snap.gpu_node]
+    if idle_only:
+        bad |= snap.gpu_free_at > snap.now
+    if exclude is not None:
+        bad |= exclude
+    if unusable is not None:
+        bad |= unusable
+    ready[bad] = INF
+    return ready
+
+
+# --- paper ------------------------------------------------------------------------------
+
+
+class PaperPhysics:
+    """The prototype: D = c_k·s (+ R_k unless exactly this node set ran the previous task)."""
+
+    def estimate(self, snap: Snapshot, j: int, gpus: tuple[int, ...]) -> Placement:
+        k = len(gpus)
+        warm = is_warm_group(snap.node_group, gpus)
+        start = max(snap.now, max(float(snap.gpu_free_at[g]) for g in gpus))
+        return Placement(gpus, start, 0.0 if warm else paper.R_K[k], 0.0, paper.C_K[k], "warm" if warm else "cold")
+
+    def candidates(
+        self, snap: Snapshot, j: int, steps: int, idle_only: bool = False, exclude: np.ndarray | None = None
+    ) -> list[Placement]:
+        ready = _ready_times(snap, idle_only, exclude, None)
+        grouped = snap.node_group >= 0
+        # Cold sets take the earliest-ready nodes, sparing nodes of live warm groups, then by index.
+        order = np.lexsort((np.arange(len(ready)), grouped, ready))
+        out = []
+        for k in snap.allowed_k(j):
+            for g in set(snap.node_group[grouped].tolist()):
+                members = np.flatnonzero(snap.node_group == g)
+                if len(members) == k and np.all(np.isfinite(ready[members])):
+                    out.append(self.estimate(snap, j, tuple(int(m) for m in members)))
+            pick = order[:k]
+            if len(pick) == k and np.all(np.isfinite(ready[pick])):
+                out.append(self.estimate(snap, j, tuple(sorted(int(m) for m in pick))))
+        return out
+
+    def quality(self, snap: Snapshot, j: int, steps: int) -> float:
+        return paper.quality(steps)
+
+
+def is_warm_group(node_group: np.ndarray, nodes: tuple[int, ...]) -> bool:
+    """Warm iff exactly this node set forms a live process group (paper-notes.md)."""
+    g = int(node_group[nodes[0]])
+    if g < 0 or any(int(node_group[n]) != g for n in nodes):
+        return False
+    return int(np.count_nonzero(node_group == g)) == len(nodes)
+
+
+# --- edge -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _speedup(k: int, pixels: float, link: str) -> float:
+    return catalog.patch_speedup(k, pixels, link)
+
+
+def _compute_s(spec: catalog.ModelSpec, pixels: float) -> float:
+    """Seconds of one step's UNet compute on an A100 (the part GPUs and patches divide)."""
+    return spec.step_s(pixels, 1.0) - spec.t_floor_s
+
+
+class EdgePhysics:
+    """Heterogeneous GPUs, three-tier model cache, DistriFusion-style patch speed-ups."""
+
+    def __init__(self, models: tuple[catalog.ModelSpec, ...] = catalog.MODELS) -> None:
+        self.models = models
+        self.load_s = np.array([m.size_gb / catalog.DISK_LOAD_GB_S + catalog.PIPELINE_INIT_S for m in models])
+        self.fetch_s = self.load_s + np.array([m.size_gb / catalog.STORE_FETCH_GB_S for m in models])
+
+    def estimate(self, snap: Snapshot, j: int, gpus: tuple[int, ...]) -> Placement:
+        m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
+        spec, k = self.models[m], len(gpus)
+        start, worst, speed, nodes = snap.now, 0, INF, set()
+        for g in gpus:
+            node = int(snap.gpu_node[g])
+            nodes.add(node)
+            start = max(start, float(snap.gpu_free_at[g]))
+            speed = min(speed, float(snap.gpu_speed[g]))
+            tier = 0 if snap.gpu_resident[g, m] else 1 if snap.node_disk[node, m] else 2
+            worst = max(worst, tier)
+        link = snap.node_link[nodes.pop()] if len(nodes) == 1 else "network"
+        return self._placement(spec, px, k, tuple(gpus), start, worst, speed, link, m)
+
+    def _step_and_fixed(self, spec: catalog.ModelSpec, px: float, speed: float, k: int, link: str) -> tuple[float, float]:
+        compute = _compute_s(spec, px) / speed
+        sp = _speedup(k, px, link)
+        per_step = spec.t_floor_s + compute / sp
+        fixed = spec.text_s + spec.vae512_s * px / catalog.REFERENCE_PIXELS / speed
+        if k > 1:  # DistriFusion's synchronous warm-up steps run at 0.8 of the async efficiency
+            sync = spec.t_floor_s + compute / max(1.0, 0.8 * sp)
+            fixed += catalog.WARMUP_SYNC_STEPS * (sync - per_step)
+        return per_step, fixed
+
+    def candidates(
+        self, snap: Snapshot, j: int, steps: int, idle_only: bool = False, exclude: np.ndarray | None = None
+    ) -> list[Placement]:
+        """Per allowed k: the best single-node gang and the best cross-node gang by finish time.
+
+        Members are taken in order of when they could begin computing (free + model load);
+        the gang launches when its last member is free and computes when its slowest loader is
+        ready. Equal to ``estimate`` on the chosen sets, vectorised over nodes for speed.
+        """
+        m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
+        spec = self.models[m]
+        too_small = snap.node_gpu_mem_gb[snap.gpu_node] < spec.vram_gb
+        ready = _ready_times(snap, idle_only, exclude, too_small)
+        tier = np.where(snap.gpu_resident[:, m], 0, np.where(snap.node_disk[snap.gpu_node, m], 1, 2))
+        startup = np.array([0.0, self.load_s[m], self.fetch_s[m]])[tier]
+        g = snap.n_gpus
+        begin = np.empty(g + 1)
+        begin[:g], begin[g] = ready + startup, INF
+        order = np.argsort(begin[snap.slots], axis=1, kind="stable")
+        ranked = np.take_along_axis(snap.slots, order, axis=1)
+        ready_pad = np.empty(g + 1)
+        ready_pad[:g], ready_pad[g] = ready, INF
+        tier_pad = np.empty(g + 1, dtype=np.int64)
+        tier_pad[:g], tier_pad[g] = tier, 0
+        launch = np.maximum.accumulate(ready_pad[ranked], axis=1)
+        worst = np.maximum.accumulate(tier_pad[ranked], axis=1)
+        setup = np.array([0.0, self.load_s[m], self.fetch_s[m]])[worst]
+        compute = _compute_s(spec, px) / snap.node_speed
+        nvlink = np.fromiter((lk == "nvlink" for lk in snap.node_link), dtype=bool, count=snap.n_nodes)
+        out = []
+        width = snap.slots.shape[1]
+        usable = int(np.count_nonzero(np.isfinite(begin[:g])))
+        for k in snap.allowed_k(j):
+            if k > usable:
+                continue
+            if k <= width:
+                sp = np.where(nvlink, _speedup(k, px, "nvlink"), _speedup(k, px, "pcie"))
+                finish = launch[:, k - 1] + setup[:, k - 1] + steps * (spec.t_floor_s + compute / sp)
+                n = int(np.argmin(finish))
+                if math.isfinite(finish[n]):
+                    gpus = tuple(ranked[n, :k].tolist())
+                    out.append(self._placement(spec, px, k, gpus, float(launch[n, k - 1]), int(worst[n, k - 1]),
+                                               float(snap.node_speed[n]), snap.node_link[n], m))
+            if k > 1:
+                pick = np.argpartition(begin[:g], k - 1)[:k]
+                if len(set(snap.gpu_node[pick].tolist())) > 1:
+                    gpus = tuple(sorted(pick.tolist()))
+                    out.append(self._placement(spec, px, k, gpus, float(ready[pick].max()), int(tier[pick].max()),
+                                               float(snap.gpu_speed[pick].min()), "network", m))
+        return out
+
+    def _placement(
+        self, spec: catalog.ModelSpec, px: float, k: int, gpus: tuple[int, ...], launch: float, worst: int,
+        speed: float, link: str, m: int,
+    ) -> Placement:
+        per_step, fixed = self._step_and_fixed(spec, px, speed, k, link)
+        startup = (0.0, float(self.load_s[m]), float(self.fetch_s[m]))[worst]
+        if k > 1:
+            startup += catalog.GANG_RENDEZVOUS_S
+        return Placement(gpus, launch, startup, fixed, per_step, ("resident", "disk", "store")[worst])
+
+    def quality(self, snap: Snapshot, j: int, steps: int) -> float:
+        return self.models[int(snap.job_model[j])].quality(steps)

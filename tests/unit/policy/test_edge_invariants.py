@@ -1,0 +1,103 @@
+"""Edge scenario invariants, checked while every heuristic runs (with node failures on)."""
+
+import numpy as np
+import pytest
+
+from eat_policy.agents import base
+from eat_policy.sim import catalog, engine, scenarios, traces
+
+from .conftest import run
+
+HEURISTICS = ["random", "round-robin", "first-fit", "least-loaded", "cache-lct", "edf-cache"]
+
+
+@pytest.mark.parametrize("name", HEURISTICS)
+def test_invariants_hold_for_every_heuristic(name: str, small_edge: scenarios.Scenario) -> None:
+    sim = engine.Simulator(small_edge)
+    policy = base.make(name)
+    sim.reset(4)
+    policy.reset(4)
+    sizes = np.array([m.size_gb for m in catalog.MODELS])
+    vram = np.array([m.vram_gb for m in catalog.MODELS])
+    gpu_mem = sim.layout.node_gpu_mem_gb[sim.layout.gpu_node] * engine.GPU_RESIDENT_SHARE
+    holder: dict[int, tuple[int, float, float]] = {}  # gpu -> (job, start, planned end)
+    gangs = 0
+    while not sim.done:
+        snap = sim.snapshot()
+        d = policy.decide(snap)
+        if d is not None:
+            for g in d.gpus:  # no GPU double-booked: the previous job there ended or was killed
+                if g in holder:
+                    job, started, end = holder[g]
+                    killed = not sim.records.start_s[job] == started
+                    assert end <= snap.now + 1e-9 or killed
+        sim.step(d)
+        if d is not None:
+            job = int(snap.job_id[d.job])
+            ends = {float(sim.gpu_free_at[g]) for g in d.gpus}
+            assert len(ends) == 1  # the gang starts together and ends together
+            gangs += d.k > 1
+            end = ends.pop()
+            for g in d.gpus:
+                holder[g] = (job, float(sim.records.start_s[job]), end)
+        # cache capacities hold after every step (one oversized model may stay alone)
+        disk_used = sim.node_disk.astype(float) @ sizes
+        assert np.all((disk_used <= sim.layout.node_disk_gb + 1e-9) | (sim.node_disk.sum(1) <= 1))
+        assert np.all((sim.gpu_resident.astype(float) @ vram <= gpu_mem + 1e-9) | (sim.gpu_resident.sum(1) <= 1))
+    m = sim.metrics()
+    assert m.finished + m.unfinished == m.arrived == len(sim.trace)
+    assert m.finished == int(np.isfinite(sim.records.finish_s).sum())
+    if name in ("random", "cache-lct", "edf-cache"):
+        assert gangs > 0  # the check above saw real gangs
+
+
+def test_same_seed_same_trace_for_every_policy(small_edge: scenarios.Scenario) -> None:
+    seen = []
+    for name in HEURISTICS:
+        sim = engine.Simulator(small_edge)
+        run(sim, base.make(name), seed=7)
+        seen.append(sim.trace)
+    for tr in seen[1:]:
+        for field in ("arrival_s", "model", "pixels", "deadline_s", "steps_max"):
+            np.testing.assert_array_equal(getattr(tr, field), getattr(seen[0], field))
+    other = traces.make_trace(small_edge, seed=8)
+    assert not np.array_equal(other.arrival_s, seen[0].arrival_s)
+
+
+def test_failures_requeue_and_every_job_still_accounted() -> None:
+    sc = scenarios.edge(n_nodes=4, load=0.8, n_jobs=60, failures_per_node_h=30.0, repair_s=30.0)
+    sim = engine.Simulator(sc)
+    run(sim, base.make("edf-cache"), seed=2)
+    assert sim.records.attempts.max() > 1  # some job was killed and ran again
+    m = sim.metrics()
+    assert m.finished + m.unfinished == m.arrived
+
+
+@pytest.mark.parametrize("arrival", ["poisson", "mmpp", "diurnal"])
+def test_arrival_processes_hit_their_mean_rate(arrival: str) -> None:
+    sc = scenarios.edge(load=None, rate=0.5, arrival=arrival, n_jobs=4000)
+    tr = traces.make_trace(sc, seed=0)
+    assert len(tr) / tr.arrival_s[-1] == pytest.approx(0.5, rel=0.15)
+
+
+def test_mmpp_is_burstier_than_poisson() -> None:
+    def cv(arrival: str) -> float:
+        gaps = np.diff(traces.make_trace(scenarios.edge(load=None, rate=0.5, arrival=arrival, n_jobs=4000), 0).arrival_s)
+        return float(gaps.std() / gaps.mean())
+
+    assert cv("mmpp") > cv("poisson") * 1.2
+
+
+def test_load_scales_rate_with_cluster_capacity() -> None:
+    small = traces.rate_for_load(scenarios.edge(n_nodes=8, load=0.8))
+    big = traces.rate_for_load(scenarios.edge(n_nodes=64, load=0.8))
+    assert big > 4 * small
+    assert traces.rate_for_load(scenarios.edge(n_nodes=8, load=0.4)) == pytest.approx(small / 2)
+
+
+def test_scales_to_256_nodes() -> None:
+    sc = scenarios.edge(n_nodes=256, load=0.8, n_jobs=300)
+    sim = engine.Simulator(sc)
+    run(sim, base.make("edf-cache"), seed=0)
+    m = sim.metrics()
+    assert sim.layout.n_nodes == 256 and m.finished == 300

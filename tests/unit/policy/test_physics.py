@@ -1,0 +1,85 @@
+"""Latency model: calibration points, cache tiers, and candidates agreeing with estimates."""
+
+import numpy as np
+import pytest
+
+from eat_policy.agents import base
+from eat_policy.sim import catalog, engine, physics, scenarios
+
+
+@pytest.mark.parametrize(("k", "speedup"), [(2, 1.8), (4, 3.4), (8, 6.1)])
+def test_distrifusion_speedups_at_3840px_over_nvlink(k: int, speedup: float) -> None:
+    assert catalog.patch_speedup(k, 3840**2, "nvlink") == pytest.approx(speedup, rel=0.01)
+
+
+def test_speedup_grows_with_resolution_and_shrinks_over_slower_links() -> None:
+    assert catalog.patch_speedup(4, 512**2, "nvlink") < catalog.patch_speedup(4, 2048**2, "nvlink")
+    assert catalog.patch_speedup(4, 1024**2, "network") < catalog.patch_speedup(4, 1024**2, "pcie") < catalog.patch_speedup(4, 1024**2, "nvlink")
+    assert catalog.patch_speedup(8, 512**2, "network") == 1.0  # never slower than one GPU
+
+
+def test_step_latency_matches_calibration_points() -> None:
+    sd15, sdxl = catalog.MODELS[0], catalog.MODELS[1]
+    assert sd15.step_s(512**2, 1.0) == pytest.approx(0.031, rel=0.01)  # calibration.md §6a
+    assert sdxl.step_s(1024**2, 1.0) == pytest.approx(0.101, rel=0.02)
+
+
+def test_quality_is_monotone_in_steps_per_model() -> None:
+    for m in catalog.MODELS:
+        q = [m.quality(s) for s in range(1, 60)]
+        assert all(b >= a for a, b in zip(q, q[1:]))
+    turbo = catalog.MODELS[2]
+    assert turbo.quality(1) > catalog.MODELS[1].quality(4)
+
+
+def _edge_sim(seed: int = 0) -> engine.Simulator:
+    sim = engine.Simulator(scenarios.edge(n_nodes=8, load=0.9, n_jobs=120))
+    sim.reset(seed)
+    return sim
+
+
+def test_cold_tiers_order_resident_disk_store() -> None:
+    sim = _edge_sim()
+    snap = sim.snapshot()
+    phys = physics.EdgePhysics()
+    j, m = 0, int(snap.job_model[0])
+    g = int(np.flatnonzero(snap.node_gpu_mem_gb[snap.gpu_node] >= catalog.MODELS[m].vram_gb)[0])
+    n = int(snap.gpu_node[g])
+    costs = {}
+    for tier, (res, disk) in {"resident": (True, True), "disk": (False, True), "store": (False, False)}.items():
+        sim.gpu_resident[g, m], sim.node_disk[n, m] = res, disk
+        p = phys.estimate(snap, j, (g,))
+        assert p.cache == tier
+        costs[tier] = p.startup_s
+    assert costs["resident"] == 0 < costs["disk"] < costs["store"]
+    spec = catalog.MODELS[m]
+    assert costs["store"] - costs["disk"] == pytest.approx(spec.size_gb / catalog.STORE_FETCH_GB_S)
+
+
+@pytest.mark.parametrize("scenario", [scenarios.paper(mode="fixed-k", rate=0.1), scenarios.edge(n_nodes=8, n_jobs=120)], ids=["paper", "edge"])
+def test_candidates_are_priced_exactly_as_estimate(scenario: scenarios.Scenario) -> None:
+    sim = engine.Simulator(scenario)
+    phys = physics.for_scenario(scenario.name)
+    policy = base.make("random")
+    sim.reset(1)
+    policy.reset(1)
+    checked = 0
+    while not sim.done and checked < 200:
+        snap = sim.snapshot()
+        for j in range(min(snap.n_jobs, 3)):
+            for p in phys.candidates(snap, j, 20):
+                assert p == phys.estimate(snap, j, p.gpus)
+                assert len(set(p.gpus)) == p.k
+                checked += 1
+        sim.step(policy.decide(snap))
+    assert checked > 50
+
+
+def test_engine_charges_what_physics_predicts() -> None:
+    sim = _edge_sim(seed=3)
+    snap = sim.snapshot()
+    phys = physics.EdgePhysics()
+    p = phys.candidates(snap, 0, int(snap.job_steps_max[0]), idle_only=True)[0]
+    predicted = p.finish_s(int(snap.job_steps_max[0]))
+    sim.step(base.Decision(0, p.gpus, int(snap.job_steps_max[0])))
+    assert sim.gpu_free_at[p.gpus[0]] == pytest.approx(predicted)
