@@ -120,8 +120,10 @@ def _pair_features(snap: Snapshot) -> np.ndarray:
 
 def _global_features(snap: Snapshot) -> np.ndarray:
     busy = float(np.mean(snap.gpu_free_at > snap.now))
+    # No absolute clock: a live cluster has no episode start, so the sim must not show one.
+    mean_wait = float(np.mean(snap.now - snap.job_arrival_s)) if snap.n_jobs else 0.0
     return np.array([
-        _t(np.array(snap.now)) / TIME_CLIP,
+        _t(np.array(mean_wait)),
         min(snap.queue_len / 64.0, 4.0),
         busy,
         np.log2(snap.n_nodes) / 8.0,
@@ -141,7 +143,7 @@ def _free_per_job(snap: Snapshot) -> np.ndarray:
 def _k_mask(snap: Snapshot, free: np.ndarray) -> np.ndarray:
     total = free.sum(axis=1)
     ks = np.array(K_VALUES)
-    allowed = np.isin(ks, snap.k_choices)[None, :] & (ks[None, :] <= total[:, None])
+    allowed = np.isin(ks, snap.k_choices)[None, :] & (ks[None, :] <= np.minimum(total, snap.job_k_max)[:, None])
     fixed = snap.job_k > 0
     allowed[fixed] &= ks[None, :] == snap.job_k[fixed][:, None]
     return allowed

@@ -55,6 +55,8 @@ class Snapshot:
     job_steps_max: np.ndarray
     job_k: np.ndarray
     """Patch count the job demands, 0 where the scheduler chooses."""
+    job_k_max: np.ndarray
+    """Most patches the job accepts (8: any)."""
     queue_len: int
     """All queued jobs, including those beyond the window."""
 
@@ -76,7 +78,10 @@ class Snapshot:
 
     def allowed_k(self, j: int) -> tuple[int, ...]:
         k = int(self.job_k[j])
-        return (k,) if k else self.k_choices
+        if k:
+            return (k,)
+        k_max = int(self.job_k_max[j])
+        return tuple(c for c in self.k_choices if c <= k_max)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -309,5 +309,6 @@ class Simulator:
             job_steps_min=tr.steps_min[window],
             job_steps_max=tr.steps_max[window],
             job_k=tr.k[window],
+            job_k_max=np.full(len(window), 8, dtype=np.int64),
             queue_len=len(self.queue),
         )
