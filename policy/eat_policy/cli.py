@@ -125,6 +125,26 @@ def evaluate(
     console.print(f"wrote {out / 'episodes.csv'} and {', '.join(p.name for p in plots)}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Learned policy checkpoint (EAT_POLICY_CHECKPOINT).")] = None,
+    prometheus_url: Annotated[Optional[str], typer.Option(help="Prometheus base URL (EAT_POLICY_PROMETHEUS_URL).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve POST /v1/plan (settings: EAT_POLICY_* variables; flags override them)."""
+    import os
+
+    import uvicorn
+
+    if checkpoint is not None:
+        os.environ["EAT_POLICY_CHECKPOINT"] = str(checkpoint)
+    if prometheus_url is not None:
+        os.environ["EAT_POLICY_PROMETHEUS_URL"] = prometheus_url
+    uvicorn.run("eat_policy.service.app:app", host=host, port=port, log_level=log_level, workers=1)
+
+
 def _table(rows: list[dict[str, object]], label: str, title: str) -> Table:
     table = Table(title=title)
     table.add_column(label.split(" (")[0], justify="right")

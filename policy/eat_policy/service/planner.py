@@ -1,0 +1,91 @@
+"""The planner the app serves: the learned policy if its checkpoint loads, else the fallback.
+
+Loading happens once, in the app's lifespan. Every request gets a fresh plan; a learned
+policy that fails on a request is replaced by the fallback for that request only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import time
+
+from eat_policy import api
+from eat_policy.agents import base
+from eat_policy.service import planning, prometheus, requests, telemetry
+from eat_policy.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Planner:
+    settings: Settings
+    fallback: base.Policy
+    learned: base.Policy | None = None
+    learned_version: str = ""
+    load_error: str | None = None
+    metrics_client: prometheus.Client | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Planner":
+        planner = cls(settings, base.make(settings.fallback_policy))
+        if settings.checkpoint is None:
+            planner.load_error = "no checkpoint configured"
+        else:
+            try:
+                module = importlib.import_module("eat_policy.agents.eat")
+                planner.learned = module.load(settings.checkpoint, device=settings.device)
+                planner.learned_version = str(getattr(planner.learned, "version", settings.checkpoint.name))
+            except Exception as e:  # any load failure means: serve the fallback, say why
+                planner.load_error = f"checkpoint {settings.checkpoint} did not load: {type(e).__name__}: {e}"
+                log.error("%s; serving the fallback heuristic", planner.load_error)
+        if settings.prometheus_url:
+            planner.metrics_client = prometheus.Client(
+                settings.prometheus_url, settings.prometheus_timeout_s, settings.metrics_staleness_s,
+                settings.dcgm_node_label,
+            )
+        return planner
+
+    @property
+    def ready(self) -> bool:
+        return self.learned is not None
+
+    def live_metrics(self) -> prometheus.Fetch:
+        if self.metrics_client is None:
+            return prometheus.Fetch({}, "no Prometheus configured", [], 0.0)
+        fetched = self.metrics_client.fetch()
+        telemetry.prometheus_seconds.observe(fetched.duration_s)
+        if fetched.error:
+            telemetry.prometheus_errors.inc()
+        return fetched
+
+    def plan(self, req: api.PlanRequest) -> api.PlanResponse:
+        now = req.now if req.now is not None else time.time()
+        live = self.live_metrics()
+        s = self.settings
+        planned = requests.build(req, now, s.window, live.nodes, s.busy_guess_s, s.gpu_saturated_util)
+        plan, info = self._decide(planned)
+        decisions = planning.to_decisions(planned, plan, {})
+        for d in decisions:
+            telemetry.decisions.labels(info.name, d.action).inc()
+        used = self.metrics_client is not None and live.error is None
+        return api.PlanResponse(
+            decisions=decisions, policy=info,
+            metrics=api.MetricsSource(used=used, error=live.error, stale_nodes=live.stale_nodes),
+        )
+
+    def _decide(self, planned: requests.Planned) -> tuple[planning.Plan, api.PolicyInfo]:
+        if self.learned is not None:
+            try:
+                plan = planning.plan_snapshot(planned.snapshot, self.learned, strict=True)
+                return plan, api.PolicyInfo(name=self.learned.name, version=self.learned_version)
+            except planning.PolicyFailed as e:
+                reason, why = ("infeasible" if "infeasible" in str(e) else "inference_error"), str(e)
+                log.warning("learned policy failed, falling back: %s", e)
+        else:
+            reason, why = ("no_checkpoint" if self.settings.checkpoint is None else "load_error"), self.load_error
+        telemetry.fallbacks.labels(reason).inc()
+        plan = planning.plan_snapshot(planned.snapshot, self.fallback, strict=False)
+        return plan, api.PolicyInfo(name=self.fallback.name, version="heuristic", fallback=True, fallback_reason=why)

@@ -1,0 +1,152 @@
+"""Turn a snapshot into decisions: the policy decides, the physics predicts, words explain.
+
+The policy is asked repeatedly at the same instant, as in the simulator: each dispatch marks
+its GPUs busy until the predicted finish and warms their caches, until the policy waits or
+no job is left. A learned policy that raises or proposes something infeasible is replaced,
+for the whole request, by the fallback heuristic, and the response says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from eat_policy import api
+from eat_policy.agents import base
+from eat_policy.service import requests
+from eat_policy.sim import catalog, physics
+from eat_policy.snapshot import Decision, Snapshot
+
+log = logging.getLogger(__name__)
+_physics = physics.EdgePhysics()
+
+
+class PolicyFailed(RuntimeError):
+    """The learned policy raised or proposed something infeasible; the message says what."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+    row: int
+    decision: Decision
+    placement: physics.Placement
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    dispatches: list[Dispatch]
+    after: Snapshot
+    """The snapshot once every dispatch is applied; its jobs are the ones left waiting."""
+    rows_left: list[int]
+    """Original row of each job left in ``after``."""
+
+
+def plan_snapshot(snap: Snapshot, policy: base.Policy, strict: bool) -> Plan:
+    """Dispatches for one instant. ``strict``: raise PolicyFailed on an infeasible decision."""
+    out: list[Dispatch] = []
+    rows = list(range(snap.n_jobs))  # original row of each job still queued
+    policy.reset(0)
+    while snap.n_jobs:
+        try:
+            d = policy.decide(snap)
+        except Exception as e:  # a learned policy's bug must not take the service down
+            if not strict:
+                raise
+            raise PolicyFailed(f"policy raised {type(e).__name__}: {e}") from e
+        if d is None:
+            break
+        problem = infeasible(snap, d)
+        if problem:
+            if strict:
+                raise PolicyFailed(f"infeasible decision: {problem}")
+            raise RuntimeError(f"fallback heuristic proposed an infeasible decision: {problem}")
+        placement = _physics.estimate(snap, d.job, d.gpus)
+        out.append(Dispatch(rows[d.job], d, placement))
+        snap = _apply(snap, d, placement)
+        del rows[d.job]
+    return Plan(out, snap, rows)
+
+
+def infeasible(snap: Snapshot, d: Decision) -> str | None:
+    if not 0 <= d.job < snap.n_jobs:
+        return f"job index {d.job} outside the window"
+    if d.k not in snap.allowed_k(d.job):
+        return f"k={d.k} not allowed (allowed {snap.allowed_k(d.job)})"
+    idle = set(snap.idle_gpus().tolist())
+    if len(set(d.gpus)) != d.k or not set(d.gpus) <= idle:
+        return f"GPUs {d.gpus} are not {d.k} distinct idle GPUs"
+    need = catalog.MODELS[int(snap.job_model[d.job])].vram_gb
+    if any(snap.node_gpu_mem_gb[snap.gpu_node[g]] < need for g in d.gpus):
+        return "a GPU has too little memory for the model"
+    if not snap.job_steps_min[d.job] <= d.steps <= snap.job_steps_max[d.job]:
+        return f"steps {d.steps} outside the job's range"
+    return None
+
+
+def _apply(snap: Snapshot, d: Decision, p: physics.Placement) -> Snapshot:
+    """The snapshot after dispatching d: its GPUs busy, its model warm there, its job gone."""
+    gpus = list(d.gpus)
+    m = int(snap.job_model[d.job])
+    free_at, resident, disk, util = snap.gpu_free_at.copy(), snap.gpu_resident.copy(), snap.node_disk.copy(), snap.gpu_util.copy()
+    free_at[gpus] = snap.now + p.duration_s(d.steps)
+    resident[gpus, m] = True
+    disk[snap.gpu_node[gpus], m] = True
+    util[gpus] = 1.0
+    keep = np.arange(snap.n_jobs) != d.job
+    jobs = {f.name: getattr(snap, f.name)[keep] for f in dataclasses.fields(snap) if f.name.startswith("job_")}
+    return dataclasses.replace(snap, gpu_free_at=free_at, gpu_resident=resident, node_disk=disk, gpu_util=util,
+                               queue_len=snap.queue_len - 1, **jobs)
+
+
+def explain(snap: Snapshot, d: Dispatch) -> list[str]:
+    """Why this placement, in words: cache state, GPU type and load of each chosen node."""
+    m = int(snap.job_model[d.row])
+    lines = []
+    for n in dict.fromkeys(int(snap.gpu_node[g]) for g in d.decision.gpus):
+        mine = [g for g in d.decision.gpus if snap.gpu_node[g] == n]
+        if all(snap.gpu_resident[g, m] for g in mine):
+            cache = "model warm in GPU memory"
+        elif snap.node_disk[n, m]:
+            cache = "model on local disk"
+        else:
+            cache = "model fetched from the store (cold)"
+        load = np.mean(snap.gpu_util[snap.slots[n, : snap.node_gpus[n]]])
+        lines.append(f"{snap.node_names[n]}: {cache}, {snap.node_type[n]} ×{len(mine)}, GPUs {load:.0%} busy")
+    k = d.decision.k
+    lines.append(f"{k} patch{'es' if k > 1 else ''}, {d.decision.steps} steps: "
+                 f"predicted {d.placement.duration_s(d.decision.steps):.1f} s")
+    return lines
+
+
+def to_decisions(planned: requests.Planned, plan: Plan, extra: dict[int, list[str]]) -> list[api.JobDecision]:
+    snap = planned.snapshot
+    out = []
+    done = {d.row: d for d in plan.dispatches}
+    for row, job in enumerate(planned.jobs):
+        d = done.get(row)
+        if d is None:
+            left = plan.rows_left.index(row)
+            out.append(api.JobDecision(job=job.id, action="wait", reason=_wait_reason(plan.after, left)))
+            continue
+        steps = d.decision.steps
+        out.append(api.JobDecision(
+            job=job.id, action="dispatch", patches=d.decision.k,
+            nodes=[snap.node_names[snap.gpu_node[g]] for g in d.decision.gpus], steps=steps,
+            predicted_latency_s=round(d.placement.duration_s(steps), 3),
+            predicted_quality=round(_physics.quality(snap, row, steps), 4),
+            cache=d.placement.cache, explanation=extra.get(row, []) + explain(snap, d),
+        ))
+    for job in planned.overflow:
+        out.append(api.JobDecision(job=job.id, action="wait", reason="beyond the planning window; older jobs first"))
+    return out
+
+
+def _wait_reason(snap: Snapshot, row: int) -> str:
+    if not snap.idle_gpus().size:
+        return "no idle GPU"
+    options = _physics.candidates(snap, row, int(snap.job_steps_max[row]))
+    if not options:
+        return "no GPU can run this model now (memory or nodes not ready)"
+    return "held: other jobs first, or waiting for warm GPUs is predicted to finish sooner"

@@ -1,0 +1,145 @@
+"""From a ``PlanRequest`` (plus live metrics) to the simulator's ``Snapshot``.
+
+Times are made relative to the request's ``now`` (which becomes 0), as in the simulator,
+so the featurisation sees the same scales in training and in service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from eat_policy import api
+from eat_policy.service import prometheus
+from eat_policy.sim import catalog
+from eat_policy.snapshot import Snapshot
+
+K_CHOICES = (1, 2, 4, 8)
+UNKNOWN_GPU = catalog.GpuType("unknown", "", 0.5, 16.0, "pcie")
+DEFAULT_DISK_GB = 100.0
+
+
+class BadRequest(ValueError):
+    """The request is well-formed JSON but cannot be planned; the message says why (HTTP 422)."""
+
+
+def gpu_type(product: str) -> catalog.GpuType:
+    """GPU type from the ``nvidia.com/gpu.product`` label (exact, then by type name)."""
+    for g in catalog.GPU_TYPES.values():
+        if product == g.product:
+            return g
+    upper = product.upper()
+    for g in sorted(catalog.GPU_TYPES.values(), key=lambda g: -len(g.name)):
+        if g.name.upper() in upper:
+            return g
+    return UNKNOWN_GPU
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """The snapshot plus what maps it back to names."""
+
+    snapshot: Snapshot
+    jobs: list[api.JobRequest]
+    """Window jobs, in snapshot row order."""
+    overflow: list[api.JobRequest]
+    """Jobs beyond the window."""
+    now: float
+
+
+def validate_jobs(jobs: list[api.JobRequest]) -> None:
+    known = {m.name for m in catalog.MODELS}
+    for job in jobs:
+        if job.model not in known:
+            raise BadRequest(f"job {job.id!r}: unknown model {job.model!r}; known models: {', '.join(sorted(known))}")
+        if job.steps_min > job.steps_max:
+            raise BadRequest(f"job {job.id!r}: steps_min {job.steps_min} > steps_max {job.steps_max}")
+        if job.patches is not None and job.patches not in K_CHOICES:
+            raise BadRequest(f"job {job.id!r}: patches must be one of {K_CHOICES}, got {job.patches}")
+    ids = [j.id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise BadRequest("job ids must be unique")
+
+
+def build(req: api.PlanRequest, now: float, window: int, live: prometheus.NodeMetrics, busy_guess_s: float,
+          saturated: float) -> Planned:
+    validate_jobs(req.jobs)
+    names = [n.name for n in req.nodes]
+    if len(set(names)) != len(names):
+        raise BadRequest("node names must be unique")
+    jobs = sorted(req.jobs, key=lambda j: (j.arrival_time, j.id))
+    return Planned(_snapshot(req.nodes, jobs[:window], len(jobs), now, live, busy_guess_s, saturated),
+                   jobs[:window], jobs[window:], now)
+
+
+def _snapshot(nodes: list[api.NodeInfo], jobs: list[api.JobRequest], queue_len: int, now: float,
+              live: prometheus.NodeMetrics, busy_guess_s: float, saturated: float) -> Snapshot:
+    model_index = {m.name: i for i, m in enumerate(catalog.MODELS)}
+    n_models = len(catalog.MODELS)
+    types = [gpu_type(n.gpu_product) for n in nodes]
+    gpus = np.array([n.gpus_total for n in nodes], dtype=np.int64)
+    gpu_node = np.repeat(np.arange(len(nodes)), gpus)
+    width = max(1, int(gpus.max())) if len(nodes) else 1
+    slots = np.full((len(nodes), width), len(gpu_node), dtype=np.int64)
+    free_at = np.zeros(len(gpu_node))
+    resident = np.zeros((len(gpu_node), n_models), dtype=bool)
+    util = np.zeros(len(gpu_node))
+    disk = np.zeros((len(nodes), n_models), dtype=bool)
+    first = 0
+    for i, node in enumerate(nodes):
+        own = np.arange(first, first + node.gpus_total)
+        slots[i, : node.gpus_total] = own
+        busy = node.gpus_total - min(node.gpus_free, node.gpus_total)
+        release = sorted(max(t - now, 0.0) for t in node.gpu_free_at)[:busy]
+        release += [busy_guess_s] * (busy - len(release))
+        free_at[own[node.gpus_total - busy:]] = release  # the last GPUs are the busy ones
+        util[own[node.gpus_total - busy:]] = 1.0
+        seen = live.get(node.name)
+        for model in set(node.cached_models) | (seen.cached if seen else set()):
+            if model in model_index:
+                disk[i, model_index[model]] = True
+        for model in set(node.resident_models) | (seen.resident if seen else set()):
+            if model in model_index:
+                resident[own, model_index[model]] = True
+        if seen:
+            for gpu, value in seen.gpu_util.items():
+                if 0 <= gpu < node.gpus_total:
+                    g = own[gpu]
+                    util[g] = max(util[g], value)
+                    if value >= saturated and free_at[g] <= 0:
+                        free_at[g] = busy_guess_s  # busy with work we did not place
+        first += node.gpus_total
+    speed = np.array([t.speed for t in types])
+    return Snapshot(
+        now=0.0,
+        scenario="edge",
+        k_choices=K_CHOICES,
+        model_names=tuple(m.name for m in catalog.MODELS),
+        node_names=tuple(n.name for n in nodes),
+        node_type=tuple(t.name for t in types),
+        node_speed=speed,
+        node_gpus=np.maximum(gpus, 1),
+        node_link=tuple(t.link for t in types),
+        node_gpu_mem_gb=np.array([n.gpu_mem_gb or t.mem_gb for n, t in zip(nodes, types)]),
+        node_disk_gb=np.array([n.disk_gb or DEFAULT_DISK_GB for n in nodes]),
+        node_up=np.array([n.ready for n in nodes], dtype=bool),
+        node_disk=disk,
+        node_group=np.full(len(nodes), -1, dtype=np.int64),
+        slots=slots,
+        gpu_node=gpu_node,
+        gpu_speed=speed[gpu_node],
+        gpu_free_at=free_at,
+        gpu_resident=resident,
+        gpu_util=util,
+        job_id=np.arange(len(jobs), dtype=np.int64),
+        job_model=np.array([model_index[j.model] for j in jobs], dtype=np.int64),
+        job_pixels=np.array([float(j.width * j.height) for j in jobs]),
+        job_arrival_s=np.array([j.arrival_time - now for j in jobs]),
+        job_deadline_s=np.array([j.arrival_time - now + (j.deadline_s or np.inf) for j in jobs]),
+        job_steps_min=np.array([j.steps_min for j in jobs], dtype=np.int64),
+        job_steps_max=np.array([j.steps_max for j in jobs], dtype=np.int64),
+        job_k=np.array([j.patches or 0 for j in jobs], dtype=np.int64),
+        job_k_max=np.array([j.max_patches or 8 for j in jobs], dtype=np.int64),
+        queue_len=queue_len,
+    )

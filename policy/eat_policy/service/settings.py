@@ -1,0 +1,39 @@
+"""Service settings, read from ``EAT_POLICY_*`` environment variables (and CLI flags)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EAT_POLICY_", extra="ignore")
+
+    checkpoint: Path | None = None
+    """Learned policy checkpoint (.pt). None or unloadable: the fallback heuristic answers."""
+    fallback_policy: str = "edf-cache"
+    """The heuristic that answers when the learned policy cannot (the strongest one measured)."""
+    device: str = "cpu"
+    """Torch device for the learned policy. Decisions take milliseconds on CPU."""
+    prometheus_url: str | None = None
+    """Prometheus base URL, e.g. http://prometheus:9090. None: plan from the request alone."""
+    prometheus_timeout_s: float = Field(default=0.3, gt=0)
+    """Bound on each Prometheus query: planning must not stall behind a slow Prometheus."""
+    metrics_staleness_s: float = Field(default=60.0, gt=0)
+    """Samples older than this are ignored (a dead node agent must not look warm forever)."""
+    gpu_saturated_util: float = Field(default=0.9, gt=0, le=1)
+    """A GPU the request calls free but DCGM shows at least this busy is treated as busy."""
+    dcgm_node_label: str = "Hostname"
+    """Label carrying the node name on DCGM series (the exporter's default)."""
+    busy_guess_s: float = Field(default=30.0, ge=0)
+    """When a busy GPU's release time is unknown, assume it frees this far ahead."""
+    window: int = Field(default=32, ge=1, le=1024)
+    """Jobs the policy considers per request (oldest first); the rest wait."""
+
+
+@functools.lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,125 @@
+"""POST /v1/plan over HTTP (in-process), health endpoints and bad input."""
+
+import time
+
+import pytest
+
+from .conftest import make_job, make_node
+
+
+def plan(client, jobs, nodes, **extra):  # type: ignore[no-untyped-def]
+    r = client.post("/v1/plan", json={"jobs": jobs, "nodes": nodes, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_dispatches_onto_the_warm_node_and_explains_why(client) -> None:  # type: ignore[no-untyped-def]
+    body = plan(client, [make_job(model="sdxl", width=1024, height=1024, steps_min=15, steps_max=40, deadline_s=12)],
+                [make_node("cold-a"), make_node("warm-b", resident_models=["sdxl"], cached_models=["sdxl"]), make_node("cold-c")])
+    (d,) = body["decisions"]
+    assert d["action"] == "dispatch" and d["nodes"] == ["warm-b"] and d["cache"] == "resident"
+    assert 15 <= d["steps"] <= 40 and d["predicted_latency_s"] > 0 and 0 < d["predicted_quality"] < 1
+    assert any("warm-b: model warm in GPU memory" in line for line in d["explanation"])
+    assert body["policy"] == {"name": "edf-cache", "version": "heuristic", "fallback": True,
+                              "fallback_reason": "no checkpoint configured"}
+    assert body["metrics"]["used"] is False
+
+
+def test_gang_of_patches_gets_one_node_per_rank(client) -> None:  # type: ignore[no-untyped-def]
+    body = plan(client, [make_job(model="sdxl", width=1280, height=1280, steps_min=30, steps_max=40, deadline_s=9.0, age_s=0)],
+                [make_node("big", gpus=8, product="NVIDIA-H100-80GB-HBM3", resident_models=["sdxl"])])
+    (d,) = body["decisions"]
+    assert d["action"] == "dispatch" and d["patches"] > 1 and d["nodes"] == ["big"] * d["patches"]
+
+
+def test_each_gpu_is_used_once_and_the_rest_wait(client) -> None:  # type: ignore[no-untyped-def]
+    jobs = [make_job(id=f"ns/j{i}", age_s=10 - i, max_patches=1) for i in range(5)]
+    warm = {"resident_models": ["sd15"]}  # all warm: no reason to hold a job for a warmer GPU
+    body = plan(client, jobs, [make_node("a", gpus=2, **warm), make_node("b", gpus=1, **warm)])
+    dispatched = [d for d in body["decisions"] if d["action"] == "dispatch"]
+    used = [n for d in dispatched for n in d["nodes"]]
+    assert len(dispatched) == 3 and sorted(used) == ["a", "a", "b"]
+    assert [d["job"] for d in dispatched] == ["ns/j0", "ns/j1", "ns/j2"]  # oldest (earliest deadline) first
+    assert all(d["reason"] for d in body["decisions"] if d["action"] == "wait")
+
+
+def test_busy_and_not_ready_nodes_are_not_used(client) -> None:  # type: ignore[no-untyped-def]
+    now = time.time()
+    body = plan(client, [make_job(now=now)], [make_node("busy", free=0, gpu_free_at=[now + 5]),
+                                               make_node("down", ready=False), make_node("ok", product="NVIDIA-L4")], now=now)
+    assert body["decisions"][0]["nodes"] == ["ok"]
+
+
+def test_empty_node_list_holds_every_job(client) -> None:  # type: ignore[no-untyped-def]
+    body = plan(client, [make_job()], [])
+    assert body["decisions"][0]["action"] == "wait" and "no idle GPU" in body["decisions"][0]["reason"]
+    assert plan(client, [], [make_node("a")])["decisions"] == []
+
+
+def test_jobs_beyond_the_window_wait_and_are_not_lost(client_with) -> None:  # type: ignore[no-untyped-def]
+    client = client_with(window=2)
+    jobs = [make_job(id=f"ns/j{i}", age_s=10 - i) for i in range(5)]
+    body = plan(client, jobs, [make_node(f"n{i}") for i in range(8)])
+    assert sorted(d["job"] for d in body["decisions"]) == sorted(j["id"] for j in jobs)
+    beyond = [d for d in body["decisions"] if d["reason"] and "window" in d["reason"]]
+    assert len(beyond) == 3
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda j, n: j.update(model="flux"), "unknown model 'flux'"),
+    (lambda j, n: j.update(steps_min=30, steps_max=10), "steps_min 30 > steps_max 10"),
+    (lambda j, n: j.update(patches=3), "patches must be one of"),
+    (lambda j, n: n.append(dict(n[0])), "node names must be unique"),
+], ids=["unknown-model", "steps-range", "patches", "duplicate-node"])
+def test_unplannable_requests_get_422_with_the_reason(client, mutate, message) -> None:  # type: ignore[no-untyped-def]
+    job, nodes = make_job(), [make_node("a")]
+    mutate(job, nodes)
+    r = client.post("/v1/plan", json={"jobs": [job], "nodes": nodes})
+    assert r.status_code == 422 and message in r.json()["detail"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"jobs": [{"id": "x"}], "nodes": []},
+    {"jobs": [], "nodes": [], "surprise": 1},
+    {"jobs": [dict(make_job(), width=7)], "nodes": []},
+    {"jobs": [dict(make_job(), prompt="x" * 100_000)], "nodes": []},
+    {"jobs": "many", "nodes": []},
+], ids=["missing-fields", "unknown-field", "width-7", "unknown-big-field", "wrong-type"])
+def test_malformed_requests_get_422(client, bad) -> None:  # type: ignore[no-untyped-def]
+    assert client.post("/v1/plan", json=bad).status_code == 422
+
+
+def test_not_json_gets_422(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/v1/plan", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_health_readiness_and_metrics(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["reason"] == "no checkpoint configured"
+    plan(client, [make_job()], [make_node("a")])
+    text = client.get("/metrics").text
+    assert 'eat_policy_decisions_total{action="dispatch",policy="edf-cache"}' in text
+    assert 'eat_policy_fallbacks_total{reason="no_checkpoint"}' in text
+    assert "eat_policy_plan_request_duration_seconds_bucket" in text
+    assert client.get("/openapi.json").json()["paths"]["/v1/plan"]
+
+
+def test_corrupt_or_missing_checkpoint_falls_back_and_says_why(client_with, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "eat.pt"
+    bad.write_bytes(b"not a checkpoint")
+    for path in (bad, tmp_path / "missing.pt"):
+        client = client_with(checkpoint=path)
+        body = plan(client, [make_job()], [make_node("a")])
+        assert body["policy"]["fallback"] is True
+        assert str(path) in body["policy"]["fallback_reason"]
+        assert body["decisions"][0]["action"] == "dispatch"
+        assert client.get("/readyz").status_code == 503
+
+
+def test_prometheus_down_plans_from_the_request_alone(client_with) -> None:  # type: ignore[no-untyped-def]
+    client = client_with(prometheus_url="http://127.0.0.1:9", prometheus_timeout_s=0.5)
+    body = plan(client, [make_job()], [make_node("a")])
+    assert body["decisions"][0]["action"] == "dispatch"
+    assert body["metrics"]["used"] is False and "ConnectError" in body["metrics"]["error"]
