@@ -155,7 +155,11 @@ def _table(rows: list[dict[str, object]], label: str, title: str) -> Table:
         cells = []
         for metric in evaluation.TABLE_METRICS:
             mean, ci = row[metric]  # type: ignore[misc]
-            cells.append("–" if math.isnan(mean) else f"{mean:.3g} ± {ci:.2g}" if math.isfinite(ci) else f"{mean:.3g}")
+            if math.isnan(mean):
+                cells.append("–")
+            else:
+                ci = 0.0 if math.isfinite(ci) and ci < 1e-9 * max(1.0, abs(mean)) else ci  # float noise
+                cells.append(f"{mean:.3g} ± {ci:.2g}" if math.isfinite(ci) else f"{mean:.3g}")
         table.add_row(f"{row['point']:g}", str(row["policy"]), *cells)
     return table
 

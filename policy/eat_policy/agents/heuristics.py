@@ -26,8 +26,9 @@ from eat_policy.sim import catalog, physics
 
 DEFAULT_STEPS = 20
 """Steps for jobs without a deadline: Q(20) = 0.248 of the paper's 0.284 maximum, at 2/3 the cost."""
-LOOKAHEAD = 8
-"""How many jobs the cache-aware policies place (reserving GPUs) per decision."""
+LOOKAHEAD = 16
+"""How many jobs the cache-aware policies place (reserving GPUs) per decision. Measured on
+edge at ρ = 1 (10 seeds): 4 → 69% deadlines met, 8 → 89%, 16 → 93%, 32 → 92%."""
 
 
 def usable_idle_gpus(snap: Snapshot, j: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from eat_policy.sim import catalog, paper, scenarios
 
 # QoS classes of edge jobs: (probability, deadline multiplier of the reference latency, slack s).
-QOS_CLASSES = ((0.5, 2.0, 5.0), (0.35, 4.0, 30.0), (0.15, 10.0, 120.0))
+QOS_CLASSES = ((0.5, 1.5, 2.0), (0.35, 3.0, 15.0), (0.15, 8.0, 60.0))
 MMPP_HIGH_FACTOR = 3.0
 """The bursty state's rate is 3× the mean; it holds 20% of the time (60 s high, 240 s low)."""
 MMPP_HIGH_SHARE, MMPP_HIGH_MEAN_S = 0.2, 60.0
