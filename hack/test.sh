@@ -8,5 +8,8 @@ venv=$("$root/hack/setup-venv.sh")
 if ! command -v prometheus >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# The real control plane's binaries (etcd, kube-apiserver, ..., kwok, kubectl, helm), built
+# from the pinned Go modules once per machine into ~/.cache/eat (hack/cluster/README.md).
+"$root/hack/cluster/build.sh" >&2
 cd "$root"
 exec "$venv/bin/python" -m pytest "$@"
