@@ -1,0 +1,453 @@
+"""The dispatcher: one loop (on the leader) that plans pending jobs in batches and drives
+every job's status from a snapshot of the cluster.
+
+A cycle: take a ``ClusterSnapshot`` of the read cache; reconcile each job past Pending
+(``status.reconcile``: create missing pods, lift gates, follow phases, tear down and retry);
+then, while the policy keeps dispatching, send the oldest pending jobs (by priority) with
+the nodes' free GPUs to ``POST /v1/plan`` and act on each decision: write the plan to status,
+then create the group. When the policy service cannot answer in time the same planner code
+runs in-process (``eat_policy.service.planner``), and the plan says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from eat_policy import api
+
+from eat_operator import kube, metrics, podgroup, settings as settings_mod, snapshot, spec as spec_mod, status
+from eat_operator.store import Store
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+JOBS_URL = kube.path(api.GROUP, api.CRD_VERSION, api.CRD_PLURAL)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanOutcome:
+    response: api.PlanResponse
+    source: str
+    """``service`` or ``in-process``."""
+    fallback_reason: str | None
+    duration_s: float
+
+
+class PolicyClient:
+    """``POST /v1/plan`` with a bounded timeout; the in-process planner when that fails."""
+
+    def __init__(self, url: str | None, timeout_s: float, retry_after_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._url = url.rstrip("/") + "/v1/plan" if url else None
+        self._http = httpx.AsyncClient(timeout=timeout_s) if url else None
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._down_until = 0.0
+        self._down_reason: str | None = None
+        self._planner: Any = None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def plan(self, req: api.PlanRequest) -> PlanOutcome:
+        t0 = time.perf_counter()
+        reason: str | None
+        if self._url is None or self._http is None:
+            reason = "no policy service configured"
+            metrics.fallbacks.labels("not_configured").inc()
+        elif self._clock() < self._down_until:
+            reason = self._down_reason
+            metrics.fallbacks.labels("service_down").inc()
+        else:
+            try:
+                r = await self._http.post(self._url, content=req.model_dump_json(),
+                                          headers={"Content-Type": "application/json"})
+                r.raise_for_status()
+                resp = api.PlanResponse.model_validate_json(r.content)
+                dt = time.perf_counter() - t0
+                metrics.plan_latency.labels("service").observe(dt)
+                self._down_reason = None
+                return PlanOutcome(resp, "service", None, dt)
+            except (httpx.HTTPError, ValidationError, ValueError) as e:
+                kind = ("timeout" if isinstance(e, httpx.TimeoutException) else
+                        "unreachable" if isinstance(e, httpx.TransportError) else "bad_answer")
+                reason = f"policy service {kind}: {type(e).__name__}: {str(e)[:200]}"
+                if self._down_reason is None:
+                    log.warning("%s; planning in-process for %.0f s", reason, self._retry_after_s)
+                self._down_until = self._clock() + self._retry_after_s
+                self._down_reason = reason
+                metrics.fallbacks.labels(kind).inc()
+        t1 = time.perf_counter()
+        resp = self.local().plan(req)
+        metrics.plan_latency.labels("in-process").observe(time.perf_counter() - t1)
+        return PlanOutcome(resp, "in-process", reason, time.perf_counter() - t0)
+
+    def local(self) -> Any:
+        """The policy service's own planner, built once (numpy only: no checkpoint, no torch)."""
+        if self._planner is None:
+            from eat_policy.service.planner import Planner
+            from eat_policy.service.settings import Settings as PolicySettings
+
+            self._planner = Planner.from_settings(PolicySettings(checkpoint=None, prometheus_url=None))
+        return self._planner
+
+
+def select_pending(snap: snapshot.ClusterSnapshot, models: dict[str, tuple[int, int]]
+                   ) -> tuple[list[tuple[snapshot.JobView, spec_mod.JobSpec]],
+                              list[tuple[snapshot.JobView, spec_mod.InvalidSpec]]]:
+    """Jobs waiting for a plan whose old pods are all gone, valid and invalid, in queue order
+    (priority first, then arrival)."""
+    valid, invalid = [], []
+    for job in snap.jobs.values():
+        if job.phase != "Pending" or job.deleting or snap.pods_of(job):
+            continue
+        try:
+            valid.append((job, spec_mod.parse(job.body, models)))
+        except spec_mod.InvalidSpec as e:
+            invalid.append((job, e))
+    valid.sort(key=lambda js: (-js[1].priority, js[0].created, js[0].namespace, js[0].name))
+    return valid, invalid
+
+
+def plan_request(batch: Iterable[tuple[snapshot.JobView, spec_mod.JobSpec]], nodes: list[api.NodeInfo],
+                 now: float, models: dict[str, tuple[int, int]]) -> api.PlanRequest:
+    jobs = [spec_mod.job_request(j.namespace, j.name, sp, j.created, models) for j, sp in batch]
+    return api.PlanRequest(jobs=jobs, nodes=nodes, now=now)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class Dispatcher:
+    def __init__(self, s: settings_mod.Settings, client: kube.Client, policy: PolicyClient,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.s = s
+        self.client = client
+        self.policy = policy
+        self.clock = clock
+        self.jobs = Store()
+        self.pods = Store(keep=snapshot.is_relevant_pod)
+        self.nodes = Store()
+        self.wake = asyncio.Event()
+        self.models = spec_mod.known_models(s.models)
+        self._services: set[tuple[str, str, str]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._building: dict[tuple[str, str], asyncio.Task[None]] = {}
+        """Jobs whose group is being created now; the next batch plans meanwhile."""
+
+    # --- the read cache ---------------------------------------------------------------
+
+    def observe(self, kind: str, type_: str | None, obj: Obj) -> None:
+        store = {"jobs": self.jobs, "pods": self.pods, "nodes": self.nodes}[kind]
+        if store.apply(type_, obj):
+            self.wake.set()
+
+    async def relist(self) -> None:
+        for store, url in ((self.nodes, "/api/v1/nodes"), (self.pods, "/api/v1/pods"), (self.jobs, JOBS_URL)):
+            listed = await self.client.list(url)
+            store.replace(listed.get("items") or [], (listed.get("metadata") or {}).get("resourceVersion"))
+
+    def take_snapshot(self) -> snapshot.ClusterSnapshot:
+        return snapshot.build(self.nodes.values(), self.pods.values(), self.jobs.values(), self.clock(),
+                              self.s.node_selector, self.s.tolerations)
+
+    async def _relist_until_done(self) -> None:
+        while True:
+            try:
+                await self.relist()
+                return
+            except (kube.ApiError, httpx.HTTPError, OSError) as e:
+                log.warning("relist failed, retrying: %s", e)
+                await asyncio.sleep(1.0)
+
+    async def run(self, is_leader: Callable[[], bool], leader_changed: asyncio.Event) -> None:
+        await self._relist_until_done()
+        last_relist = time.monotonic()
+        log.info("dispatcher started: %d jobs, %d GPU pods, %d nodes", len(self.jobs), len(self.pods),
+                 len(self.nodes))
+        while True:
+            if not is_leader():
+                leader_changed.clear()
+                await leader_changed.wait()
+                await self._relist_until_done()
+                continue
+            t0 = time.perf_counter()
+            try:
+                await self.cycle()
+            except (kube.ApiError, httpx.HTTPError, OSError) as e:
+                log.warning("cycle failed, next one retries: %s", e)
+                await asyncio.sleep(1.0)
+            metrics.cycle_seconds.observe(time.perf_counter() - t0)
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=self.s.cycle_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            await asyncio.sleep(self.s.cycle_min_interval_s)
+            if time.monotonic() - last_relist > self.s.resync_interval_s:
+                try:
+                    await self.relist()
+                    last_relist = time.monotonic()
+                except (kube.ApiError, httpx.HTTPError, OSError) as e:
+                    log.warning("relist failed, kept the cache: %s", e)
+
+    async def cycle(self) -> None:
+        t0 = time.perf_counter()
+        snap = self.take_snapshot()
+        t_snap = time.perf_counter() - t0
+        self._gauges(snap)
+        work = []
+        for job in snap.jobs.values():
+            if job.deleting or job.phase == "Succeeded" or (job.phase == "Pending" and not snap.pods_of(job)):
+                continue
+            if job.key in self._building:
+                continue
+            try:
+                spec = spec_mod.parse(job.body, self.models)
+            except spec_mod.InvalidSpec as e:
+                if job.phase != "Failed":
+                    work.append(self.execute(job, status.failed(job, snap.now, e.reason, str(e))))
+                continue
+            step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s))
+            if not step.empty:
+                work.append(self.execute(job, step, spec))
+        await _gather(work)
+        t1 = time.perf_counter()
+        batches = dispatched = 0
+        for _ in range(self.s.batches_per_cycle):
+            n = await self.dispatch_batch()
+            batches += 1
+            dispatched += n
+            if not n:
+                break
+        if self._building:
+            await asyncio.gather(*self._building.values(), return_exceptions=True)
+        t2 = time.perf_counter()
+        await self._mark_queued()
+        if work or dispatched:
+            log.info("cycle: snapshot %.3f s; %d jobs reconciled in %.3f s; %d batches dispatched %d jobs in %.3f s",
+                     t_snap, len(work), t1 - t0 - t_snap, batches, dispatched, t2 - t1)
+
+    async def dispatch_batch(self) -> int:
+        """Plan one batch of pending jobs; how many were dispatched."""
+        snap = self.take_snapshot()
+        valid, invalid = select_pending(snap, self.models)
+        await _gather([self.execute(j, status.failed(j, snap.now, e.reason, str(e))) for j, e in invalid
+                       if j.status.get("phase") != "Failed"])
+        metrics.queue_depth.set(len(valid))
+        if not valid:
+            return 0
+        nodes = snap.node_infos()
+        batch = valid[: self.s.batch_size]
+        if not any(n.gpus_free > 0 and n.ready for n in nodes):
+            await _gather([self.execute(j, status.pending(j, snap.now, "no free GPU in the cluster"))
+                           for j, _ in batch])
+            return 0
+        outcome = await self.policy.plan(plan_request(batch, nodes, snap.now, self.models))
+        by_id = {spec_mod.job_id(j.namespace, j.name): (j, sp) for j, sp in batch}
+        work, dispatched = [], 0
+        for d in outcome.response.decisions:
+            if d.job not in by_id:
+                continue
+            job, sp = by_id[d.job]
+            metrics.decisions.labels(d.action).inc()
+            if d.action == "dispatch" and d.nodes:
+                dispatched += 1
+                step = status.planned(job, d, outcome.response.policy, outcome.source, outcome.fallback_reason,
+                                      snap.now)
+                work.append(self.execute(job, step, sp, background=True))
+            else:
+                work.append(self.execute(job, status.pending(job, snap.now, f"held: {d.reason or 'by the policy'}",
+                                                             "Held")))
+        await _gather(work)
+        return dispatched
+
+    async def _mark_queued(self) -> None:
+        snap = self.take_snapshot()
+        await _gather([self.execute(j, status.pending(j, snap.now, "waiting for a plan"))
+                       for j in snap.jobs.values() if not j.status.get("phase") and not j.deleting])
+
+    def _gauges(self, snap: snapshot.ClusterSnapshot) -> None:
+        counts = {p: 0 for p in status.PHASES}
+        for j in snap.jobs.values():
+            counts[j.phase] = counts.get(j.phase, 0) + 1
+        for phase, n in counts.items():
+            metrics.jobs.labels(phase).set(n)
+
+    # --- acting on one job ---------------------------------------------------------------
+
+    async def execute(self, job: snapshot.JobView, step: status.Step, spec: spec_mod.JobSpec | None = None,
+                      background: bool = False) -> None:
+        if step.status is not None:
+            body = await self.patch_status(job, step.status)
+            if body is None:
+                return
+            job = snapshot.job_view(body)
+            self._count(job, step)
+        for ev in step.events:
+            self._post_event(job, ev)
+        if step.delete:
+            await _gather([self._delete_pod(job.namespace, name) for name in step.delete])
+        if step.ensure_group and spec is not None and job.phase in ("Planned", "Scheduling"):
+            if background:  # a fresh plan: build its group while the next batch is planned
+                task = asyncio.get_running_loop().create_task(self.ensure_group(job, spec))
+                self._building[job.key] = task
+                key = job.key
+                task.add_done_callback(lambda _t: self._building.pop(key, None))
+            else:
+                await self.ensure_group(job, spec)
+
+    def _count(self, job: snapshot.JobView, step: status.Step) -> None:
+        if step.retried:
+            metrics.retries.labels(step.retried).inc()
+        phase = (step.status or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            metrics.jobs_finished.labels(phase).inc()
+        if phase == "Succeeded":
+            latency = job.status.get("latencySeconds")
+            if latency is not None:
+                metrics.job_latency.observe(float(latency))
+            if job.status.get("deadlineMet") is False:
+                metrics.deadline_misses.inc()
+
+    async def patch_status(self, job: snapshot.JobView, patch: Obj) -> Obj | None:
+        """Merge-patch .status, conditional on the resourceVersion we decided on; None on conflict."""
+        url = kube.path(api.GROUP, api.CRD_VERSION, api.CRD_PLURAL, job.namespace, job.name, "status")
+        try:
+            body = await self.client.merge_patch(url, {"metadata": {"resourceVersion": job.resource_version},
+                                                       "status": patch})
+        except kube.ApiError as e:
+            metrics.api_errors.labels("patch_status").inc()
+            if e.status == 404:
+                self.jobs.forget(job.key)
+                return None
+            if e.status == 409:  # someone (our own earlier write) got there first: re-read, decide again
+                try:
+                    self.jobs.apply(None, await self.client.request("GET", url[: -len("/status")]))
+                except kube.ApiError:
+                    pass
+                self.wake.set()
+                return None
+            log.warning("status of %s/%s: %s", job.namespace, job.name, e)
+            return None
+        self.jobs.apply(None, body)
+        return body
+
+    async def ensure_group(self, job: snapshot.JobView, spec: spec_mod.JobSpec) -> None:
+        """Create what is missing of the group, lift the gates once all pods exist, then
+        move the job to Scheduling. Idempotent: names are fixed, 409 means it exists."""
+        plan = job.plan or {}
+        attempt = job.attempts
+        svc_key = (job.namespace, job.name, job.uid)
+        work: list[Any] = []
+        if svc_key not in self._services and len(plan.get("nodes") or []) > 1:  # one pod: no rendezvous
+            work.append(self._create_service(job, svc_key))
+        manifests = podgroup.pods(job, spec, plan, attempt, self.s)
+        for m in manifests:
+            cur = self.pods.get((job.namespace, m["metadata"]["name"]))
+            if cur is None:
+                work.append(self._create_pod(m))
+        await _gather(work)
+        ready, gated = True, []
+        for m in manifests:
+            cur = self.pods.get((job.namespace, m["metadata"]["name"]))
+            if cur is None:
+                ready = False
+                continue
+            pv = snapshot.pod_view(cur)
+            if pv.attempt != attempt or pv.deleting:
+                ready = False
+            elif pv.gated:
+                gated.append(pv.name)
+        if not ready:
+            return
+        await _gather([self._lift_gate(job.namespace, name) for name in gated])
+        if job.phase == "Planned":
+            latest = self.jobs.get(job.key)
+            if latest is not None:
+                await self.patch_status(snapshot.job_view(latest), status.scheduling(job, self.clock()))
+
+    async def _create_service(self, job: snapshot.JobView, key: tuple[str, str, str]) -> None:
+        try:
+            await self.client.create(kube.path("", "v1", "services", job.namespace), podgroup.service(job, self.s))
+        except kube.ApiError as e:
+            if e.status != 409:
+                metrics.api_errors.labels("create_service").inc()
+                log.warning("service %s/%s: %s", job.namespace, job.name, e)
+                return
+        self._services.add(key)
+
+    async def _create_pod(self, manifest: Obj) -> None:
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        url = kube.path("", "v1", "pods", ns)
+        try:
+            body = await self.client.create(url, manifest)
+            metrics.pods_created.inc()
+        except kube.ApiError as e:
+            if e.status != 409:
+                metrics.api_errors.labels("create_pod").inc()
+                log.warning("pod %s/%s: %s", ns, name, e)
+                return
+            try:
+                body = await self.client.request("GET", f"{url}/{name}")
+            except kube.ApiError:
+                return
+        self.pods.apply(None, body)
+
+    async def _lift_gate(self, ns: str, name: str) -> None:
+        try:
+            body = await self.client.merge_patch(kube.path("", "v1", "pods", ns, name), podgroup.lift_gate_patch())
+        except kube.ApiError as e:
+            metrics.api_errors.labels("lift_gate").inc()
+            log.warning("gate of %s/%s: %s", ns, name, e)
+            return
+        self.pods.apply(None, body)
+
+    async def _delete_pod(self, ns: str, name: str) -> None:
+        try:
+            body = await self.client.delete(kube.path("", "v1", "pods", ns, name),
+                                            {"kind": "DeleteOptions", "apiVersion": "v1",
+                                             "propagationPolicy": "Background"})
+        except kube.ApiError as e:
+            if e.status == 404:
+                self.pods.forget((ns, name))
+                return
+            metrics.api_errors.labels("delete_pod").inc()
+            log.warning("delete %s/%s: %s", ns, name, e)
+            return
+        if body.get("kind") == "Pod":
+            self.pods.apply(None, body)
+
+    def _post_event(self, job: snapshot.JobView, ev: status.Event) -> None:
+        involved = {"apiVersion": f"{api.GROUP}/{api.CRD_VERSION}", "kind": api.CRD_KIND,
+                    "metadata": {"name": job.name, "namespace": job.namespace, "uid": job.uid}}
+        body = kube.event(involved, ev.type, ev.reason, ev.message, self.clock())
+        log.info("%s/%s %s: %s", job.namespace, job.name, ev.reason, ev.message)
+
+        async def post() -> None:
+            try:
+                await self.client.create(kube.path("", "v1", "events", job.namespace), body)
+            except kube.ApiError as e:
+                metrics.api_errors.labels("event").inc()
+                log.debug("event for %s/%s: %s", job.namespace, job.name, e)
+
+        task = asyncio.get_running_loop().create_task(post())  # Events never delay the job
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _gather(work: list[Any]) -> None:
+    if work:
+        await asyncio.gather(*work)

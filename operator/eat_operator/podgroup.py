@@ -1,0 +1,199 @@
+"""The pod group of one AIGCJob attempt: k pods ``<job>-<rank>`` and a headless Service.
+
+Everything here is a pure function of the job, its plan (from status, the source of truth)
+and the settings, so re-creating a missing pod after a restart yields the same pod, and a
+name that already exists means the pod exists: nothing is ever created twice.
+
+Each pod asks for one GPU, goes to ``eat-scheduler``, names its planned node twice (the
+annotation the extender enforces, and a preferred node affinity that keeps the plan when
+the extender is down), and waits behind a scheduling gate until the whole group exists,
+so kube-scheduler never binds half a gang.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from eat_policy import api
+
+from eat_operator import settings as settings_mod
+from eat_operator import snapshot, spec as spec_mod
+
+Obj = dict[str, Any]
+
+MANAGED_BY = "eat-operator"
+
+
+def pod_name(job: str, rank: int) -> str:
+    return f"{job}-{rank}"
+
+
+def owner_reference(job: snapshot.JobView) -> Obj:
+    return {
+        "apiVersion": f"{api.GROUP}/{api.CRD_VERSION}", "kind": api.CRD_KIND, "name": job.name, "uid": job.uid,
+        "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+def output_location(job: snapshot.JobView, spec: spec_mod.JobSpec, s: settings_mod.Settings) -> str:
+    return spec.output_location or f"{s.output_root.rstrip('/')}/{job.namespace}/{job.name}.png"
+
+
+def sim_duration_s(plan: Obj, s: settings_mod.Settings) -> float:
+    predicted = float(plan.get("predictedLatencySeconds") or 1.0)
+    return round(min(max(predicted * s.sim_duration_scale, 0.05), s.sim_duration_max_s), 3)
+
+
+def service(job: snapshot.JobView, s: settings_mod.Settings) -> Obj:
+    """Headless Service ``<job>``: stable DNS for rank 0 (MASTER_ADDR) before pods are Ready.
+    Only groups of two or more pods get one: a single pod has no rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": job.name, "namespace": job.namespace,
+            "labels": {api.LABEL_POD_GROUP: job.name, "app.kubernetes.io/managed-by": MANAGED_BY},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": {api.LABEL_POD_GROUP: job.name},
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": s.master_port, "targetPort": s.master_port}],
+        },
+    }
+
+
+def pods(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int,
+         s: settings_mod.Settings) -> list[Obj]:
+    """All k pods of this attempt, rank order."""
+    nodes: list[str] = list(plan.get("nodes") or [])
+    return [pod(job, spec, plan, attempt, rank, s) for rank in range(len(nodes))]
+
+
+def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, rank: int,
+        s: settings_mod.Settings) -> Obj:
+    nodes: list[str] = list(plan.get("nodes") or [])
+    k = len(nodes)
+    node = nodes[rank]
+    name = pod_name(job.name, rank)
+    steps = int(plan.get("steps") or 0)
+    env = [
+        {"name": "RANK", "value": str(rank)},
+        {"name": "WORLD_SIZE", "value": str(k)},
+        {"name": "MASTER_ADDR", "value": f"{pod_name(job.name, 0)}.{job.name}.{job.namespace}.svc"},
+        {"name": "MASTER_PORT", "value": str(s.master_port)},
+        {"name": "EAT_INFER_JOB", "value": f"{job.namespace}/{job.name}"},
+        {"name": "EAT_INFER_MODEL", "value": spec.model},
+        {"name": "EAT_INFER_PROMPT", "value": spec.prompt},
+        {"name": "EAT_INFER_WIDTH", "value": str(spec.width)},
+        {"name": "EAT_INFER_HEIGHT", "value": str(spec.height)},
+        {"name": "EAT_INFER_STEPS", "value": str(steps)},
+        {"name": "EAT_INFER_OUTPUT", "value": output_location(job, spec, s)},
+        {"name": "EAT_INFER_CACHE_DIR", "value": s.model_cache_mount},
+    ]
+    if spec.negative_prompt:
+        env.append({"name": "EAT_INFER_NEGATIVE_PROMPT", "value": spec.negative_prompt})
+    if spec.guidance_scale is not None:
+        env.append({"name": "EAT_INFER_GUIDANCE_SCALE", "value": str(spec.guidance_scale)})
+    if spec.seed is not None:
+        env.append({"name": "EAT_INFER_SEED", "value": str(spec.seed)})
+    resources = json.loads(json.dumps(s.resources))  # a deep copy: settings are shared
+    resources.setdefault("limits", {})[api.GPU_RESOURCE] = "1"
+    container: Obj = {
+        "name": "inference",
+        "image": s.image,
+        "imagePullPolicy": s.image_pull_policy,
+        "env": env,
+        "resources": resources,
+        "ports": [{"name": "rendezvous", "containerPort": s.master_port}] if rank == 0 else [],
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": s.model_cache_mount},
+            {"name": "output", "mountPath": s.output_mount},
+            *s.extra_volume_mounts,
+        ],
+    }
+    if s.command:
+        container["command"] = list(s.command)
+    if s.args:
+        container["args"] = list(s.args)
+    volumes = [
+        _volume("model-cache", s.model_cache_host_path),
+        _volume("output", s.output_host_path),
+        *s.extra_volumes,
+    ]
+    pod_spec: Obj = {
+        "schedulerName": s.scheduler_name,
+        "restartPolicy": "Never",
+        # A one-pod group is whole as soon as it exists: no gate to lift (one request less).
+        "schedulingGates": [{"name": api.SCHEDULING_GATE}] if k > 1 else [],
+        "hostname": name,
+        "subdomain": job.name,
+        "terminationGracePeriodSeconds": s.termination_grace_period_s,
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "preference": {"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [node]}]}},
+        ]}},
+        "tolerations": list(s.tolerations),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if s.node_selector:
+        pod_spec["nodeSelector"] = dict(s.node_selector)
+    annotations = {
+        api.ANNOTATION_GROUP_SIZE: str(k),
+        api.ANNOTATION_PLANNED_NODE: node,
+        api.ANNOTATION_GROUP_NODES: ",".join(nodes),
+        api.ANNOTATION_MODEL: spec.model,
+        api.ANNOTATION_SIM_DURATION: str(sim_duration_s(plan, s)),
+    }
+    if rank == 0 and sim_fails(job, attempt):
+        annotations[api.ANNOTATION_SIM_FAIL] = "true"
+    if s.service_account:
+        pod_spec["serviceAccountName"] = s.service_account
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": job.namespace,
+            "labels": {
+                api.LABEL_POD_GROUP: job.name,
+                api.LABEL_RANK: str(rank),
+                api.LABEL_ATTEMPT: str(attempt),
+                "app.kubernetes.io/name": "eat-inference",
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+            },
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def sim_fails(job: snapshot.JobView, attempt: int) -> bool:
+    """Fault injection for fake nodes: the job's ``sim-fail`` annotation makes rank 0 fail.
+
+    ``"true"`` fails every attempt; a number n fails the first n attempts (then it succeeds).
+    """
+    raw = ((job.body.get("metadata") or {}).get("annotations") or {}).get(api.ANNOTATION_SIM_FAIL)
+    if raw is None:
+        return False
+    if raw.strip().lower() == "true":
+        return True
+    try:
+        return attempt <= int(raw)
+    except ValueError:
+        return False
+
+
+def _volume(name: str, host_path: str | None) -> Obj:
+    if host_path:
+        return {"name": name, "hostPath": {"path": host_path, "type": "DirectoryOrCreate"}}
+    return {"name": name, "emptyDir": {}}
+
+
+def lift_gate_patch() -> Obj:
+    """Merge patch that removes the scheduling gate (gates may only be removed, never added)."""
+    return {"spec": {"schedulingGates": None}}

@@ -1,0 +1,100 @@
+"""Operator settings, read from ``EAT_OPERATOR_*`` environment variables.
+
+Grouped by concern like kopf's ``OperatorSettings``: where the policy is, how the dispatcher
+batches, how failures are retried, and what the pods of a group look like. Every field says
+its unit and why its default was chosen. Nested values (resources, volumes, node selector)
+are given as JSON, e.g. ``EAT_OPERATOR_NODE_SELECTOR='{"eat.aigc.io/fake-node": "true"}'``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EAT_OPERATOR_", extra="ignore", frozen=True)
+
+    # --- the policy --------------------------------------------------------------------
+    policy_url: str | None = "http://eat-policy:8000"
+    """Base URL of the policy service (``POST /v1/plan``). None: always plan in-process."""
+    policy_timeout_s: float = Field(default=2.0, gt=0)
+    """Bound on one plan request; past it the in-process heuristic plans (never stall)."""
+    policy_retry_after_s: float = Field(default=10.0, ge=0)
+    """After the service failed, plan in-process this long before trying it again, so a
+    dead service costs one timeout per interval, not one per batch."""
+    models: tuple[str, ...] = ()
+    """Models jobs may ask for; empty: the policy's catalog (sd15, sdxl, sdxl-turbo)."""
+
+    # --- the dispatcher ------------------------------------------------------------------
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    """Pending jobs per plan request: the policy service's window (``EAT_POLICY_WINDOW``)."""
+    batches_per_cycle: int = Field(default=8, ge=1)
+    """Plan requests per dispatcher cycle while each one still dispatches something."""
+    cycle_interval_s: float = Field(default=0.5, gt=0)
+    """Longest sleep between cycles; watch events wake the loop earlier."""
+    cycle_min_interval_s: float = Field(default=0.05, ge=0)
+    """Shortest pause between cycles, so a burst of events is handled in batches."""
+    resync_interval_s: float = Field(default=60.0, gt=0)
+    """Full relist of jobs, pods and nodes, repairing anything a watch stream missed."""
+    api_concurrency: int = Field(default=32, ge=1)
+    """API requests in flight at once (pod creation, status patches)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Only nodes with these labels are offered to the policy and used by pods."""
+
+    # --- failures --------------------------------------------------------------------------
+    backoff_limit: int = Field(default=3, ge=0)
+    """Failed attempts retried before the job is Failed (as a Kubernetes Job's backoffLimit)."""
+    replan_limit: int = Field(default=10, ge=0)
+    """Re-plans for causes that are not the job's fault (unschedulable, node lost)."""
+    unschedulable_timeout_s: float = Field(default=60.0, gt=0)
+    """A group not fully bound this long after its gate was lifted is torn down and re-planned."""
+
+    # --- leadership --------------------------------------------------------------------------
+    leader_election: bool = True
+    """Only the holder of the Lease dispatches; other replicas watch and wait."""
+    lease_name: str = "eat-operator"
+    lease_namespace: str = "default"
+    lease_duration_s: float = Field(default=15.0, gt=0)
+    """A leader that stops renewing loses the Lease after this long (kube-controller-manager's default)."""
+    identity: str = Field(default_factory=socket.gethostname)
+    """Holder identity: the pod name in a cluster, so a restarted container keeps its Lease."""
+
+    # --- the pod group -----------------------------------------------------------------------
+    image: str = "eat-inference:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    resources: dict[str, Any] = Field(default_factory=lambda: {"requests": {"cpu": "1", "memory": "4Gi"}})
+    """Container resources; the one GPU per pod is added to limits by the operator."""
+    scheduler_name: str = "eat-scheduler"
+    master_port: int = Field(default=29500, gt=0, lt=65536)
+    """Rank 0's TCPStore port (torchrun's default)."""
+    model_cache_host_path: str | None = "/var/lib/eat/models"
+    """Node-local model cache (hostPath); None: an emptyDir (always cold)."""
+    model_cache_mount: str = "/models"
+    output_host_path: str | None = None
+    """Where images are written on the node; None: an emptyDir."""
+    output_mount: str = "/output"
+    output_root: str = "file:///output"
+    """Output location of a job that names none: <output_root>/<namespace>/<name>.png."""
+    extra_volumes: list[dict[str, Any]] = Field(default_factory=list)
+    extra_volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    termination_grace_period_s: int = Field(default=30, ge=0)
+    service_account: str | None = None
+    sim_duration_scale: float = Field(default=1.0, gt=0)
+    """Fake (kwok) nodes run a pod for predicted latency × this; tests shrink it."""
+    sim_duration_max_s: float = Field(default=600.0, gt=0)
+
+    # --- observability ---------------------------------------------------------------------
+    metrics_port: int = Field(default=8080, ge=0, lt=65536)
+    """Prometheus /metrics port; 0: do not serve."""
+    liveness_port: int = Field(default=8081, ge=0, lt=65536)
+    """kopf's /healthz port; 0: do not serve."""
+    kubeconfig: str | None = None
+    """Kubeconfig file; None: $KUBECONFIG, then the in-cluster service account."""

@@ -1,0 +1,100 @@
+"""The AIGCJob spec as the operator reads it, and its translation into a plan request.
+
+The API server already enforces the CRD's OpenAPI schema (charts/eat/crds/); this model
+re-reads the same fields with the same bounds so that a spec the schema let through but
+the operator cannot run (an unknown model, steps outside a model's range are fine) becomes
+a clear ``InvalidSpec`` and a Failed job, never an exception in the dispatcher.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from eat_policy import api
+
+DEFAULT_STEPS = {"sd15": (20, 50), "sdxl": (20, 40), "sdxl-turbo": (1, 4)}
+
+
+class InvalidSpec(ValueError):
+    """The spec cannot run; the message is written to status and to a Warning Event."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=2000)
+    negative_prompt: str | None = Field(default=None, alias="negativePrompt", max_length=2000)
+    model: str = "sd15"
+    width: int = Field(default=512, ge=64, le=4096, multiple_of=8)
+    height: int = Field(default=512, ge=64, le=4096, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1, le=200)
+    steps_min: int | None = Field(default=None, alias="stepsMin", ge=1, le=200)
+    steps_max: int | None = Field(default=None, alias="stepsMax", ge=1, le=200)
+    guidance_scale: float | None = Field(default=None, alias="guidanceScale", ge=0, le=50)
+    seed: int | None = Field(default=None, ge=0)
+    deadline_seconds: float | None = Field(default=None, alias="deadlineSeconds", gt=0)
+    priority: int = 0
+    output_location: str | None = Field(default=None, alias="outputLocation")
+    patches: int | None = None
+    max_patches: int | None = Field(default=None, alias="maxPatches", ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _steps(self) -> JobSpec:
+        if self.steps is not None and (self.steps_min is not None or self.steps_max is not None):
+            raise ValueError("set either steps or stepsMin/stepsMax, not both")
+        if self.steps_min is not None and self.steps_max is not None and self.steps_min > self.steps_max:
+            raise ValueError(f"stepsMin {self.steps_min} > stepsMax {self.steps_max}")
+        return self
+
+    def steps_range(self, model_range: tuple[int, int]) -> tuple[int, int]:
+        """Fixed steps, the given bounds, or the model's default range for what is missing."""
+        if self.steps is not None:
+            return self.steps, self.steps
+        lo = self.steps_min if self.steps_min is not None else model_range[0]
+        hi = self.steps_max if self.steps_max is not None else max(model_range[1], lo)
+        return min(lo, hi), hi
+
+
+def known_models(configured: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """Model name → default steps range: the configured names, else the policy's catalog."""
+    from eat_policy.sim import catalog  # the catalog is plain data; no numpy at import
+
+    ranges = {m.name: m.steps_range for m in catalog.MODELS}
+    names = configured or tuple(ranges)
+    return {n: ranges.get(n, DEFAULT_STEPS.get(n, (20, 50))) for n in names}
+
+
+def parse(body: dict[str, Any], models: dict[str, tuple[int, int]]) -> JobSpec:
+    """The job's spec, or InvalidSpec with a reason and a message a person understands."""
+    try:
+        spec = JobSpec.model_validate(body.get("spec") or {})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise InvalidSpec("InvalidSpec", f"spec.{where}: {first['msg']}") from None
+    if spec.model not in models:
+        raise InvalidSpec("UnknownModel", f"model {spec.model!r} is not in the catalog; "
+                                          f"known models: {', '.join(sorted(models))}")
+    if spec.patches is not None and spec.patches not in (1, 2, 4, 8):
+        raise InvalidSpec("InvalidSpec", f"spec.patches must be 1, 2, 4 or 8, got {spec.patches}")
+    return spec
+
+
+def job_id(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def job_request(namespace: str, name: str, spec: JobSpec, arrival_time: float,
+                models: dict[str, tuple[int, int]]) -> api.JobRequest:
+    lo, hi = spec.steps_range(models[spec.model])
+    return api.JobRequest(
+        id=job_id(namespace, name), model=spec.model, width=spec.width, height=spec.height,
+        steps_min=lo, steps_max=hi, deadline_s=spec.deadline_seconds, arrival_time=arrival_time,
+        patches=spec.patches, max_patches=spec.max_patches, priority=spec.priority,
+    )

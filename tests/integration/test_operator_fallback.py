@@ -1,0 +1,52 @@
+"""Policy service down: jobs still complete, planned in-process, and the plan says so."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from clusterkit import REPO, Cluster, wait_until
+from test_operator_jobs import free_port, install_crd, job_manifest, wait_phase
+
+sys.path.insert(0, str(REPO / "operator"))
+from eat_operator import testing  # noqa: E402
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, gpu_nodes: list[str],
+             tmp_path_factory: pytest.TempPathFactory) -> testing.OperatorProcess:
+    install_crd(cluster)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    op = testing.OperatorProcess(
+        cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", metrics_port=free_port(),
+        env={"EAT_OPERATOR_POLICY_URL": dead, "EAT_OPERATOR_POLICY_TIMEOUT_S": "0.5",
+             "EAT_OPERATOR_SIM_DURATION_SCALE": "0.1", "EAT_OPERATOR_SIM_DURATION_MAX_S": "2"},
+    )
+    with op:
+        op.wait_metrics()
+        yield op
+
+
+def test_policy_down_jobs_complete_via_fallback_flagged(cluster: Cluster, namespace: str,
+                                                        operator: testing.OperatorProcess) -> None:
+    names = [f"fb-{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        cluster.create(job_manifest(name, model=("sd15", "sdxl-turbo")[i % 2], deadlineSeconds=60), namespace)
+    for name in names:
+        st = wait_phase(cluster, namespace, name, {"Succeeded", "Failed"}, op=operator)["status"]
+        assert st["phase"] == "Succeeded", st
+        plan = st["plan"]
+        assert plan["plannedBy"] == "in-process" and plan["fallback"] is True
+        assert "policy service unreachable" in plan["fallbackReason"], plan["fallbackReason"]
+        assert "in-process fallback" in st["message"] or "done" in st["message"]
+        cond = {c["type"]: c for c in st["conditions"]}["PolicyFallback"]
+        assert cond["status"] == "True" and "unreachable" in cond["message"]
+    text = operator.metrics()
+    m = re.search(r'eat_operator_plan_fallbacks_total\{reason="unreachable"\} (\S+)', text)
+    assert m and float(m.group(1)) >= 1, text
+    assert 'eat_operator_plan_duration_seconds_count{source="in-process"}' in text
+    wait_until(lambda: operator.alive, "operator alive")

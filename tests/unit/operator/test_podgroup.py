@@ -1,0 +1,87 @@
+"""The pod group builder: names, gang keys, GPU, gate, affinity, env, volumes, owner."""
+
+from __future__ import annotations
+
+from tests.unit.operator.builders import active_status, job
+
+from eat_operator import podgroup, snapshot, spec as spec_mod
+
+MODELS = spec_mod.known_models(())
+
+
+def build(settings, annotations=None, **spec):  # type: ignore[no-untyped-def]
+    j = snapshot.job_view(job("castle", annotations=annotations, status=active_status("Planned", ["a", "a", "b"]),
+                              **spec))
+    sp = spec_mod.parse(j.body, MODELS)
+    assert j.plan is not None
+    return j, podgroup.pods(j, sp, j.plan, 1, settings)
+
+
+def test_k_pods_named_by_rank_with_gang_annotations(settings) -> None:  # type: ignore[no-untyped-def]
+    _, pods = build(settings)
+    assert [p["metadata"]["name"] for p in pods] == ["castle-0", "castle-1", "castle-2"]
+    for rank, p in enumerate(pods):
+        meta, spec = p["metadata"], p["spec"]
+        assert meta["labels"]["eat.aigc.io/pod-group"] == "castle"
+        assert meta["labels"]["eat.aigc.io/rank"] == str(rank)
+        assert meta["labels"]["eat.aigc.io/attempt"] == "1"
+        assert meta["annotations"]["eat.aigc.io/group-size"] == "3"
+        assert meta["annotations"]["eat.aigc.io/planned-node"] == ["a", "a", "b"][rank]
+        assert meta["annotations"]["eat.aigc.io/group-nodes"] == "a,a,b"
+        assert meta["annotations"]["eat.aigc.io/sim-duration-seconds"] == "5.0"  # 10 s predicted x 0.5
+        assert meta["ownerReferences"][0]["uid"] == "uid-castle" and meta["ownerReferences"][0]["controller"]
+        assert spec["schedulerName"] == "eat-scheduler" and spec["restartPolicy"] == "Never"
+        assert spec["schedulingGates"] == [{"name": "eat.aigc.io/gang"}]
+        assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        pref = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+        assert pref["preference"]["matchFields"][0]["values"] == [["a", "a", "b"][rank]]
+        assert spec["nodeSelector"] == {"eat.aigc.io/fake-node": "true"}
+        assert spec["hostname"] == f"castle-{rank}" and spec["subdomain"] == "castle"
+        env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+        assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "3" and env["MASTER_PORT"] == "29500"
+        assert env["MASTER_ADDR"] == "castle-0.castle.ns.svc"
+        assert env["EAT_INFER_STEPS"] == "20" and env["EAT_INFER_OUTPUT"] == "file:///output/ns/castle.png"
+        vols = {v["name"]: v for v in spec["volumes"]}
+        assert vols["model-cache"]["hostPath"]["path"] == "/var/lib/eat/models" and "emptyDir" in vols["output"]
+
+
+def test_builder_is_deterministic_and_does_not_share_settings(settings) -> None:  # type: ignore[no-untyped-def]
+    _, a = build(settings)
+    _, b = build(settings)
+    assert a == b
+    a[0]["spec"]["containers"][0]["resources"]["limits"]["x"] = "1"
+    assert "limits" not in settings.resources
+
+
+def test_pod_template_settings(settings) -> None:  # type: ignore[no-untyped-def]
+    s = settings.model_copy(update={"image": "registry.local/eat:1", "model_cache_host_path": None,
+                                    "output_host_path": "/data/out", "args": ["--serve"],
+                                    "extra_volumes": [{"name": "x", "emptyDir": {}}]})
+    _, pods = build(s, outputLocation="s3://b/k.png", seed=7)
+    c = pods[0]["spec"]["containers"][0]
+    assert c["image"] == "registry.local/eat:1" and c["args"] == ["--serve"]
+    vols = {v["name"]: v for v in pods[0]["spec"]["volumes"]}
+    assert "emptyDir" in vols["model-cache"] and vols["output"]["hostPath"]["path"] == "/data/out" and "x" in vols
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["EAT_INFER_OUTPUT"] == "s3://b/k.png" and env["EAT_INFER_SEED"] == "7"
+
+
+def test_sim_fail_annotation_fails_rank_zero_of_the_first_attempts(settings) -> None:  # type: ignore[no-untyped-def]
+    j, pods = build(settings, annotations={"eat.aigc.io/sim-fail": "1"})
+    assert pods[0]["metadata"]["annotations"]["eat.aigc.io/sim-fail"] == "true"
+    assert "eat.aigc.io/sim-fail" not in pods[1]["metadata"]["annotations"]
+    assert podgroup.sim_fails(j, 1) and not podgroup.sim_fails(j, 2)
+
+
+def test_headless_service(settings) -> None:  # type: ignore[no-untyped-def]
+    j, _ = build(settings)
+    svc = podgroup.service(j, settings)
+    assert svc["metadata"]["name"] == "castle" and svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == {"eat.aigc.io/pod-group": "castle"} and svc["spec"]["publishNotReadyAddresses"]
+
+
+def test_one_pod_group_needs_no_gate(settings) -> None:  # type: ignore[no-untyped-def]
+    j = snapshot.job_view(job("solo", status=active_status("Planned", ["a"])))
+    assert j.plan is not None
+    (p,) = podgroup.pods(j, spec_mod.parse(j.body, MODELS), j.plan, 1, settings)
+    assert p["spec"]["schedulingGates"] == [] and p["metadata"]["annotations"]["eat.aigc.io/group-size"] == "1"

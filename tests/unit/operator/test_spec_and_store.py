@@ -1,0 +1,67 @@
+"""Reading the spec (unknown model, steps ranges) and the watch cache's ordering rules."""
+
+from __future__ import annotations
+
+import pytest
+from tests.unit.operator.builders import T0, job
+
+from eat_operator import spec as spec_mod
+from eat_operator.store import Store
+
+MODELS = spec_mod.known_models(())
+
+
+def test_known_models_come_from_the_policy_catalog() -> None:
+    assert set(MODELS) == {"sd15", "sdxl", "sdxl-turbo"}
+    assert spec_mod.known_models(("sd15", "custom")) == {"sd15": MODELS["sd15"], "custom": (20, 50)}
+
+
+def test_unknown_model_is_a_clear_invalid_spec() -> None:
+    with pytest.raises(spec_mod.InvalidSpec) as e:
+        spec_mod.parse(job(model="dalle-9"), MODELS)
+    assert e.value.reason == "UnknownModel" and "'dalle-9' is not in the catalog" in str(e.value)
+
+
+@pytest.mark.parametrize("fields,expected", [
+    pytest.param({"steps": 12}, (12, 12), id="fixed"),
+    pytest.param({"stepsMin": 5, "stepsMax": 9}, (5, 9), id="range"),
+    pytest.param({}, MODELS["sd15"], id="model-default"),
+    pytest.param({"stepsMax": 3}, (3, 3), id="max-below-model-min"),
+])
+def test_steps_ranges(fields: dict[str, int], expected: tuple[int, int]) -> None:
+    sp = spec_mod.parse(job(**fields), MODELS)
+    req = spec_mod.job_request("ns", "j", sp, T0, MODELS)
+    assert (req.steps_min, req.steps_max) == expected and req.id == "ns/j" and req.arrival_time == T0
+
+
+def test_bad_specs_the_schema_would_also_refuse() -> None:
+    with pytest.raises(spec_mod.InvalidSpec, match="spec.width"):
+        spec_mod.parse(job(width=7), MODELS)
+    with pytest.raises(spec_mod.InvalidSpec, match="not both"):
+        spec_mod.parse(job(steps=3, stepsMin=2), MODELS)
+    with pytest.raises(spec_mod.InvalidSpec, match="patches"):
+        spec_mod.parse(job(patches=3), MODELS)
+
+
+def obj(name: str, rv: str, uid: str = "u") -> dict:
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv, "uid": uid}}
+
+
+def test_store_ignores_older_versions_and_late_echoes_of_deleted_objects() -> None:
+    s = Store()
+    assert s.apply("ADDED", obj("a", "5"))
+    assert not s.apply("MODIFIED", obj("a", "4"))  # our own write (rv 5) is newer than this echo
+    assert s.apply("MODIFIED", obj("a", "6"))
+    assert s.apply("DELETED", obj("a", "7"))
+    assert not s.apply(None, obj("a", "6"))  # a stale list item cannot resurrect it
+    assert s.apply("ADDED", obj("a", "9", uid="u2"))  # recreated with the same name
+    assert s.get(("ns", "a"))["metadata"]["uid"] == "u2"
+
+
+def test_store_relist_drops_what_the_list_proves_deleted() -> None:
+    s = Store(keep=lambda o: o["metadata"]["name"] != "skip")
+    s.apply(None, obj("old", "3"))
+    s.apply(None, obj("new", "20"))
+    s.apply(None, obj("skip", "2"))
+    s.replace([obj("kept", "8")], "10")
+    assert {k[1] for k in [("ns", o["metadata"]["name"]) for o in s.values()]} == {"kept", "new"}

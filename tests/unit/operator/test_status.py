@@ -1,0 +1,119 @@
+"""The phase machine: each transition as a pure function of a snapshot."""
+
+from __future__ import annotations
+
+from tests.unit.operator.builders import T0, active_status, job, node, pod
+
+from eat_policy import api
+
+from eat_operator import snapshot, status
+
+
+def step(settings, st, pods=(), nodes=("a", "b"), now=T0 + 5, **kw):  # type: ignore[no-untyped-def]
+    j = job(status=st, **kw)
+    snap = snapshot.build([node(n) for n in nodes], pods, [j], now)
+    return status.reconcile(snap.jobs[("ns", "j")], snap, settings, "file:///o.png")
+
+
+def test_planned_writes_plan_and_next_attempt_before_any_pod() -> None:
+    j = snapshot.job_view(job(status={"phase": "Pending", "attempts": 1, "failures": 1}))
+    d = api.JobDecision(job="ns/j", action="dispatch", patches=2, nodes=["a", "a"], steps=25, predicted_latency_s=7.5,
+                        cache="store", explanation=["a: cold"])
+    s = status.planned(j, d, api.PolicyInfo(name="edf-cache", version="heuristic", fallback=True,
+                                            fallback_reason="no checkpoint"), "in-process", "policy down", T0)
+    assert s.ensure_group and s.status is not None
+    st = s.status
+    assert st["phase"] == "Planned" and st["attempts"] == 2 and st["plan"]["attempt"] == 2
+    assert st["plan"]["placement"] == "a x2" and st["plan"]["warm"] is False
+    assert st["plan"]["fallback"] and st["plan"]["fallbackReason"] == "policy down" and st["plan"]["plannedBy"] == "in-process"
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["PolicyFallback"]["status"] == "True" and conds["Planned"]["status"] == "True"
+    assert s.events[0].reason == "Planned" and "a: cold" in s.events[0].message
+
+
+def test_planned_creates_group_then_scheduling_binds_to_running(settings) -> None:  # type: ignore[no-untyped-def]
+    s = step(settings, active_status("Planned", ["a", "b"]))
+    assert s.ensure_group and s.status is None
+    gated = [pod("j-0", rank=0, gated=True), pod("j-1", rank=1, gated=True)]
+    assert step(settings, active_status("Scheduling", ["a", "b"]), gated).ensure_group
+    bound = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1, node="b")]
+    s = step(settings, active_status("Scheduling", ["a", "b"]), bound)
+    assert s.status is not None and s.status["phase"] == "Running" and s.events[0].reason == "Scheduled"
+
+
+def test_missing_pod_after_a_crash_is_recreated(settings) -> None:  # type: ignore[no-untyped-def]
+    s = step(settings, active_status("Scheduling", ["a", "b"]), [pod("j-0", rank=0, node="a", phase="Running")])
+    assert s.ensure_group and s.status is None
+
+
+def test_all_succeeded_gives_latency_and_deadline(settings) -> None:  # type: ignore[no-untyped-def]
+    done = [pod("j-0", rank=0, node="a", phase="Succeeded"), pod("j-1", rank=1, node="b", phase="Succeeded")]
+    s = step(settings, active_status("Running", ["a", "b"]), done, now=T0 + 12, deadlineSeconds=10)
+    assert s.status is not None
+    assert s.status["phase"] == "Succeeded" and s.status["latencySeconds"] == 12.0
+    assert s.status["deadlineMet"] is False and s.status["outputLocation"] == "file:///o.png"
+    s = step(settings, active_status("Running", ["a", "b"]), done, now=T0 + 8, deadlineSeconds=10)
+    assert s.status is not None and s.status["deadlineMet"] is True
+    # Killed right after creating the pods: the group (its Service) is completed first.
+    assert step(settings, active_status("Planned", ["a", "b"]), done).ensure_group
+
+
+def test_failed_member_tears_down_and_retries_then_fails_past_backoff(settings) -> None:  # type: ignore[no-untyped-def]
+    pods = [pod("j-0", rank=0, node="a", phase="Failed"), pod("j-1", rank=1, node="b", phase="Running")]
+    s = step(settings, active_status("Running", ["a", "b"]), pods)
+    assert s.status is not None and s.status["phase"] == "Pending" and s.status["plan"] is None
+    assert s.status["failures"] == 1 and set(s.delete) == {"j-0", "j-1"} and s.retried == "MemberFailed"
+    assert s.events[0].reason == "Retrying"
+    s = step(settings, active_status("Running", ["a", "b"], failures=2), pods)  # backoff_limit=2
+    assert s.status is not None and s.status["phase"] == "Failed" and s.status["reason"] == "BackoffLimitExceeded"
+    assert set(s.delete) == {"j-0", "j-1"}
+
+
+def test_lost_or_not_ready_node_replans_without_counting_a_failure(settings) -> None:  # type: ignore[no-untyped-def]
+    pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1, node="b", phase="Running")]
+    s = step(settings, active_status("Running", ["a", "b"]), pods, nodes=("a",))
+    assert s.status is not None and s.status["phase"] == "Pending" and s.status["reason"] == "NodeLost"
+    assert s.status["replans"] == 1 and s.status["failures"] == 0
+    j = job(status=active_status("Running", ["a", "b"]))
+    snap = snapshot.build([node("a"), node("b", ready=False)], pods, [j], T0)
+    s = status.reconcile(snap.jobs[("ns", "j")], snap, settings, "o")
+    assert s.status is not None and "not Ready" in s.status["message"]
+    s = step(settings, active_status("Running", ["a", "b"], replans=3), pods, nodes=("a",))
+    assert s.status is not None and s.status["phase"] == "Failed" and s.status["reason"] == "ReplanLimitExceeded"
+
+
+def test_unschedulable_past_timeout_replans(settings) -> None:  # type: ignore[no-untyped-def]
+    pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1)]
+    assert step(settings, active_status("Scheduling", ["a", "b"]), pods, now=T0 + 10).empty
+    s = step(settings, active_status("Scheduling", ["a", "b"]), pods, now=T0 + 31)
+    assert s.status is not None and s.status["reason"] == "Unschedulable" and "j-1" in s.status["message"]
+
+
+def test_stale_pods_of_old_attempts_are_deleted(settings) -> None:  # type: ignore[no-untyped-def]
+    pods = [pod("j-0", rank=0, attempt=1, node="a", phase="Failed")]
+    s = step(settings, {"phase": "Pending", "attempts": 1}, pods)
+    assert s.delete == ("j-0",) and s.status is None
+    pods = [pod("j-0", rank=0, attempt=1, node="a", phase="Running", deleting=True)]
+    assert step(settings, {"phase": "Pending", "attempts": 1}, pods).empty
+
+
+def test_terminal_jobs_need_nothing(settings) -> None:  # type: ignore[no-untyped-def]
+    assert step(settings, active_status("Succeeded", ["a"]), [pod("j-0", node="a", phase="Succeeded")]).empty
+    s = step(settings, {"phase": "Failed"}, [pod("j-0", node="a", phase="Running")])
+    assert s.delete == ("j-0",)
+
+
+def test_pending_message_is_written_once() -> None:
+    j = snapshot.job_view(job())
+    s = status.pending(j, T0 + 1, "waiting for a plan")
+    assert s.status is not None and s.status["phase"] == "Pending" and "pending" in s.status["timestamps"]
+    again = snapshot.job_view(job(status={"phase": "Pending", "message": "waiting for a plan"}))
+    assert status.pending(again, T0 + 2, "waiting for a plan").empty
+
+
+def test_conditions_keep_transition_time_when_unchanged() -> None:
+    c = status.set_condition(None, "Planned", True, "R", "m", T0)
+    c2 = status.set_condition(c, "Planned", True, "R", "m2", T0 + 50)
+    assert c2[0]["lastTransitionTime"] == c[0]["lastTransitionTime"] and c2[0]["message"] == "m2"
+    c3 = status.set_condition(c2, "Planned", False, "R", "m", T0 + 60)
+    assert c3[0]["lastTransitionTime"] != c[0]["lastTransitionTime"]
