@@ -1,0 +1,94 @@
+"""The gang guard: the whole group fits on its planned nodes, or every member waits."""
+
+from __future__ import annotations
+
+from eat_extender import gang, state, wire
+
+from . import kube
+from .conftest import build_state
+
+NOW = 50.0
+
+
+def view(pod: dict) -> state.PodView:  # type: ignore[type-arg]
+    return state.pod_view(wire.Pod.model_validate(pod))
+
+
+def nodes(**gpus: int) -> list[dict]:  # type: ignore[type-arg]
+    return [kube.make_node(n, g) for n, g in gpus.items()]
+
+
+def test_group_that_fits_is_admitted() -> None:
+    pods = kube.gang("g", ["a", "a", "b"])
+    s = build_state(nodes(a=2, b=1), pods)
+    assert gang.check(view(pods[0]), s, {}).fits
+
+
+def test_every_member_gets_the_same_verdict() -> None:
+    pods = kube.gang("g", ["a", "a", "b"])
+    s = build_state(nodes(a=1, b=1), pods)
+    verdicts = [gang.check(view(p), s, {}) for p in pods]
+    assert [v.fits for v in verdicts] == [False, False, False]
+    assert verdicts[0].shortfalls == (gang.Shortfall("a", 2, 2, 1),)
+
+
+def test_members_already_bound_are_counted() -> None:
+    pods = kube.gang("g", ["a", "a", "b"])
+    pods[0]["spec"]["nodeName"] = "a"
+    pods[0]["status"]["phase"] = "Running"
+    # a: 2 GPUs, one taken by rank 0 itself; the last member for a still fits.
+    s = build_state(nodes(a=2, b=1), pods)
+    assert gang.check(view(pods[1]), s, {}).fits
+    # Someone else took the other GPU on a: rank 1 cannot follow, the rest waits.
+    other = kube.make_pod("other", 1, node="a", phase="Running")
+    s = build_state(nodes(a=2, b=1), pods + [other])
+    v = gang.check(view(pods[1]), s, {})
+    assert not v.fits and v.message.startswith("1/3 placed; node a needs 1")
+
+
+def test_finished_members_count_as_placed() -> None:
+    pods = kube.gang("g", ["a", "b"])
+    pods[0]["spec"]["nodeName"] = "a"
+    pods[0]["status"]["phase"] = "Succeeded"
+    s = build_state(nodes(a=0, b=1), pods)
+    assert gang.check(view(pods[1]), s, {}).fits
+
+
+def test_planned_node_missing_from_the_cluster_makes_the_group_wait() -> None:
+    pods = kube.gang("g", ["a", "gone"])
+    v = gang.check(view(pods[0]), build_state(nodes(a=4), pods), {})
+    assert not v.fits and "node gone is not in the cluster" in v.message
+
+
+def test_gpus_held_for_other_groups_count_as_taken() -> None:
+    first = kube.gang("first", ["a", "a"])
+    second = kube.gang("second", ["a", "b"])
+    s = build_state(nodes(a=2, b=1), first + second, admissions={"render/first": NOW + 10})
+    held = gang.held_gpus(s, NOW, exclude_group="render/second")
+    assert held == {"a": 2}
+    assert not gang.check(view(second[0]), s, held).fits
+    # The first group's own members do not see their hold as taken.
+    assert gang.held_gpus(s, NOW, exclude_group="render/first") == {}
+    assert gang.check(view(first[1]), s, {}).fits
+
+
+def test_holds_shrink_as_members_bind_and_end_when_they_expire() -> None:
+    pods = kube.gang("g", ["a", "a", "b"], gpus=2)
+    pods[0]["spec"]["nodeName"] = "a"
+    s = build_state(nodes(a=4, b=2), pods, admissions={"render/g": NOW + 10})
+    assert gang.held_gpus(s, NOW) == {"a": 2, "b": 2}
+    assert gang.held_gpus(s, NOW + 10) == {}
+
+
+def test_single_pods_and_gpu_less_groups_always_fit() -> None:
+    s = build_state(nodes(a=0))
+    assert gang.check(view(kube.make_pod("solo", 4, planned="a")), s, {}).fits
+    cpu_gang = kube.gang("cpu", ["a", "a"], gpus=0)
+    assert gang.check(view(cpu_gang[0]), s, {}).fits
+
+
+def test_group_without_a_per_rank_plan_is_checked_in_aggregate() -> None:
+    members = [kube.make_pod(f"m{i}", 2, group="g", group_size=3) for i in range(3)]
+    assert gang.check(view(members[0]), build_state(nodes(a=4, b=2), members), {}).fits
+    v = gang.check(view(members[0]), build_state(nodes(a=3, b=2), members), {})
+    assert not v.fits and "room for 2" in v.message
