@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The main job, for now: a fair simulated comparison of the schedulers on identical traces,
-# in the paper's setting (choose-k, λ sweep) and on the Kubernetes-shaped edge cluster.
+# The main job: the whole system on this machine, no GPUs (see hack/demo.py).
+# A real local control plane with 8 fake GPU nodes, Prometheus, the policy service, the
+# extender and the operator; a burst of AIGCJobs; a live table; the same burst in the
+# simulator for the learned policy and the best heuristics. Arguments go to hack/demo.py.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$("$root/hack/setup-venv.sh")
-out=${EAT_DEMO_OUT:-$root/runs/demo}
-"$venv/bin/eat-policy" evaluate --scenario paper --mode choose-k --seeds 20 --out "$out/paper-choose-k"
-"$venv/bin/eat-policy" evaluate --scenario edge --seeds 10 --loads 0.5,0.8,1.0 --out "$out/edge"
+"$root/hack/cluster/build.sh" >&2
+if ! command -v prometheus >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+export PATH="$venv/bin:$PATH"
+exec "$venv/bin/python" "$root/hack/demo.py" "$@"
