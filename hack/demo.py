@@ -226,11 +226,13 @@ def main() -> None:
                     break
                 time.sleep(1.0)
         console.print()
-        summarise(items, time.monotonic() - t0)
+        all_done = summarise(items, time.monotonic() - t0)
         console.rule("4. side by side")
         policies = (["eat"] if "eat" in base.names() and checkpoint.exists() else []) + ["edf-cache", "cache-lct", "first-fit"]
         console.print(simulate_same_burst(sc, args.seed, policies))
         console.print(f"logs: {work}")
+        if not all_done:
+            raise SystemExit("not every job succeeded; see the logs above")
     finally:
         if operator is not None and not args.keep:
             operator.stop()
@@ -240,7 +242,8 @@ def main() -> None:
             lc.down()
 
 
-def summarise(items: list[dict], wall_s: float) -> None:  # type: ignore[type-arg]
+def summarise(items: list[dict], wall_s: float) -> bool:  # type: ignore[type-arg]
+    """Print the outcome; True when every job succeeded."""
     status = [i.get("status") or {} for i in items]
     done = [s for s in status if s.get("phase") == "Succeeded"]
     met = [s for s in done if s.get("deadlineMet")]
@@ -252,6 +255,7 @@ def summarise(items: list[dict], wall_s: float) -> None:  # type: ignore[type-ar
     if lat:
         console.print(f"observed latency (submit → done): mean {sum(lat) / len(lat):.1f} s; "
                       f"predicted run time mean {sum(p for p in pred if p) / max(1, len([p for p in pred if p])):.1f} s")
+    return bool(items) and len(done) == len(items)
 
 
 if __name__ == "__main__":
