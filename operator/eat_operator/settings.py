@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +20,7 @@ class Settings(BaseSettings):
 
     # --- the policy --------------------------------------------------------------------
     policy_url: str | None = "http://eat-policy:8000"
-    """Base URL of the policy service (``POST /v1/plan``). None: always plan in-process."""
+    """Base URL of the policy service (``POST /v1/plan``). None or empty: always plan in-process."""
     policy_timeout_s: float = Field(default=2.0, gt=0)
     """Bound on one plan request; past it the in-process heuristic plans (never stall)."""
     policy_retry_after_s: float = Field(default=10.0, ge=0)
@@ -98,3 +98,9 @@ class Settings(BaseSettings):
     """kopf's /healthz port; 0: do not serve."""
     kubeconfig: str | None = None
     """Kubeconfig file; None: $KUBECONFIG, then the in-cluster service account."""
+
+    @field_validator("policy_url")
+    @classmethod
+    def _empty_means_none(cls, v: str | None) -> str | None:
+        # An env var cannot carry None; EAT_OPERATOR_POLICY_URL="" turns the service off.
+        return v or None

@@ -1,0 +1,245 @@
+"""Patch-parallel Stable Diffusion over diffusers' UNet pipelines (SD 1.x / 2.x).
+
+One process per rank runs :class:`PatchParallelPipeline`; together they make one image.
+The components (text encoder, tokenizer, UNet, VAE, scheduler) are diffusers' own, loaded
+by ``StableDiffusionPipeline.from_pretrained``; this file only writes out the denoising loop,
+because each rank denoises a different part of the latent (diffusers' "simple over easy":
+the loop is visible, not hidden behind callbacks).
+
+Modes (``--mode`` of ``eat-infer run``):
+
+- ``sync``: row patches, every exchange synchronous. Equals the single-rank image up to
+  float rounding; the reference for what displacement costs in quality.
+- ``displaced``: DistriFusion. ``warmup_steps`` synchronous steps, then every layer uses the
+  other patches' activations from the previous step, exchanged asynchronously
+  (:mod:`eat_inference.patches`).
+- ``naive``: row patches denoised independently (no exchange): seams, for comparison.
+- ``cfg``: two ranks, one per classifier-free-guidance branch (unconditional, text), each on
+  the whole latent; they swap noise predictions every step.
+
+With one rank every mode is the plain pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from diffusers import StableDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from eat_inference import patches
+
+Mode = Literal["sync", "displaced", "naive", "cfg"]
+MODES: tuple[Mode, ...] = ("sync", "displaced", "naive", "cfg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+    """This process's place in the gang and how the image is split."""
+
+    mode: Mode = "displaced"
+    rank: int = 0
+    world_size: int = 1
+    group: dist.ProcessGroup | None = None
+    """The process group of the gang; ``None`` is the default group (or no group at world size 1)."""
+    warmup_steps: int = 4
+    """Synchronous steps before ``displaced`` mode uses stale activations (DistriFusion uses 4)."""
+    comm_buckets: int = 4
+    """Asynchronous gathers per displaced step: more overlap, more messages."""
+
+
+@dataclasses.dataclass
+class Result:
+    """What one call produced on this rank."""
+
+    latents: torch.Tensor
+    """(1, 4, H/8, W/8) final latents of the whole image, on every rank."""
+    step_s: list[float]
+    """Seconds of each denoising step on this rank (UNet + scheduler + exchange)."""
+    encode_s: float
+    decode_s: float
+    total_s: float
+    image: np.ndarray | None = None
+    """(H, W, 3) float32 in [0, 1], on rank 0 only."""
+    exchange_bytes_per_step: int = 0
+
+
+class PatchParallelPipeline:
+    """A diffusers ``StableDiffusionPipeline`` run by ``world_size`` ranks on one image."""
+
+    def __init__(self, pipe: Any, parallel: Parallel) -> None:
+        # ``pipe`` is a StableDiffusionPipeline (Any: diffusers registers its components at
+        # run time, where mypy cannot see them).
+        self.pipe = pipe
+        self.parallel = parallel
+        self.runtime: patches.PatchRuntime | None = None
+        self.installed: patches.Installed | None = None
+        if parallel.world_size > 1 and parallel.mode in ("sync", "displaced"):
+            self.runtime = patches.PatchRuntime(
+                parallel.group, parallel.rank, parallel.world_size, parallel.warmup_steps, parallel.comm_buckets
+            )
+            self.installed = patches.install(self.pipe.unet, self.runtime)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, parallel: Parallel, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> PatchParallelPipeline:
+        """Load SD components from a local diffusers folder (no hub access) onto ``device``."""
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe.to(device), parallel)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def downsampling(self) -> int:
+        """How much the UNet shrinks the latent (2 per downsampling block)."""
+        return int(2 ** (len(self.pipe.unet.config.block_out_channels) - 1))
+
+    def check_inputs(self, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
+        p, vsf = self.parallel, self.pipe.vae_scale_factor
+        if p.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {p.mode!r}")
+        if height % vsf or width % vsf:
+            raise ValueError(f"`height` and `width` must be multiples of {vsf}, got {height}×{width}")
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be at least 1, got {num_inference_steps}")
+        if p.world_size < 1 or not 0 <= p.rank < p.world_size:
+            raise ValueError(f"rank {p.rank} is not in a world of size {p.world_size}")
+        if p.world_size == 1:
+            return
+        if p.mode == "cfg":
+            if p.world_size != 2:
+                raise ValueError(
+                    f"`cfg` mode splits the two guidance branches over exactly 2 ranks, got {p.world_size}"
+                )
+            if guidance_scale <= 1.0:
+                raise ValueError(
+                    f"`cfg` mode needs classifier-free guidance (`guidance_scale` > 1), got {guidance_scale}"
+                )
+            return
+        # Row patches must stay whole rows at the UNet's coarsest level, so that every rank
+        # down- and up-samples exactly the rows of the whole-image UNet.
+        unit = vsf * self.downsampling * p.world_size
+        if height % unit:
+            raise ValueError(
+                f"`height` {height} cannot be split into {p.world_size} row patches for this model: "
+                f"it must be a multiple of {unit} (VAE ×{vsf}, UNet ×{self.downsampling}, {p.world_size} ranks)"
+            )
+        if p.mode == "displaced" and p.warmup_steps < 1:
+            raise ValueError(f"`displaced` mode needs at least 1 synchronous warm-up step, got {p.warmup_steps}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int = 0,
+        decode: bool = True,
+    ) -> Result:
+        pipe, p = self.pipe, self.parallel
+        height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        t_start = time.perf_counter()
+
+        # 1. Check inputs
+        self.check_inputs(height, width, num_inference_steps, guidance_scale)
+        guided = guidance_scale > 1.0
+        patched = p.world_size > 1 and p.mode != "cfg"
+        if self.runtime is not None:
+            self.runtime.reset(p.warmup_steps if p.mode == "displaced" else num_inference_steps)
+
+        # 2. Encode the prompt (every rank: the text encoder is small next to the UNet)
+        t0 = time.perf_counter()
+        prompt_embeds, negative_embeds = pipe.encode_prompt(prompt, self.device, 1, guided, negative_prompt)
+        if guided and p.mode == "cfg" and p.world_size == 2:
+            prompt_embeds = (negative_embeds, prompt_embeds)[p.rank]  # rank 0: unconditional, rank 1: text
+        elif guided:
+            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+        encode_s = time.perf_counter() - t0
+
+        # 3. Timesteps
+        pipe.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        timesteps = pipe.scheduler.timesteps
+
+        # 4. Initial noise of the whole latent from the seed (same on every rank), then this rank's rows
+        generator = torch.Generator("cpu").manual_seed(seed)
+        shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=prompt_embeds.dtype)
+        latents = latents * pipe.scheduler.init_noise_sigma
+        if patched:
+            rows = shape[2] // p.world_size
+            latents = latents[:, :, p.rank * rows : (p.rank + 1) * rows].contiguous()
+        extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
+
+        # 5. Denoising loop
+        step_s: list[float] = []
+        for i, t in enumerate(timesteps):
+            t0 = time.perf_counter()
+            split_cfg = guided and p.mode == "cfg" and p.world_size == 2
+            model_input = torch.cat([latents] * 2) if guided and not split_cfg else latents
+            model_input = pipe.scheduler.scale_model_input(model_input, t)
+            if self.runtime is not None:
+                self.runtime.step = i
+            noise_pred = pipe.unet(model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+            if self.runtime is not None:
+                self.runtime.end_step()
+            if split_cfg:
+                both = torch.empty((2, *noise_pred.shape), dtype=noise_pred.dtype, device=noise_pred.device)
+                dist.all_gather(list(both.unbind(0)), noise_pred.contiguous(), group=p.group)
+                noise_uncond, noise_text = both[0], both[1]
+                noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+            elif guided:
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+            latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+            self._synchronize()
+            step_s.append(time.perf_counter() - t0)
+        if self.runtime is not None:
+            self.runtime.exchange.drain()
+
+        # 6. Stitch the patches back together
+        if patched:
+            parts = torch.empty((p.world_size, *latents.shape), dtype=latents.dtype, device=latents.device)
+            dist.all_gather(list(parts.unbind(0)), latents.contiguous(), group=p.group)
+            latents = torch.cat(parts.unbind(0), dim=2)
+
+        # 7. Decode on rank 0
+        image, decode_s = None, 0.0
+        if decode and p.rank == 0:
+            t0 = time.perf_counter()
+            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            image = pipe.image_processor.postprocess(decoded, output_type="np")[0].astype(np.float32)
+            decode_s = time.perf_counter() - t0
+        return Result(
+            latents=latents,
+            step_s=step_s,
+            encode_s=encode_s,
+            decode_s=decode_s,
+            total_s=time.perf_counter() - t_start,
+            image=image,
+            exchange_bytes_per_step=self.runtime.exchange.bytes_per_step if self.runtime is not None else 0,
+        )
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two images in [0, 1] (inf when equal)."""
+    mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0.0 else 10.0 * float(np.log10(1.0 / mse))

@@ -1,0 +1,107 @@
+"""Fixtures for the inference image: a tiny SD saved once, a model store, rank launchers.
+
+Multi-rank tests start real processes (one per rank) with RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT set, as the operator's pods get them, over gloo on loopback. Each rank uses one
+thread (``EAT_INFER_THREADS=1``): the test machine has two cores shared by all ranks.
+
+The modules that need torch/diffusers skip themselves (``pytest.importorskip``) in an
+environment without the ``inference`` extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+for extra in (REPO / "inference_image", REPO / "policy"):
+    if str(extra) not in sys.path:  # until the package is installed (pyproject extra `inference`)
+        sys.path.insert(0, str(extra))
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process: our packages importable, one thread, quiet libraries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EAT_INFER_", "EAT_NODE_AGENT_"))}
+    paths = [str(REPO / "inference_image"), str(REPO / "policy"), str(HERE)]
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(
+        OMP_NUM_THREADS="1",
+        EAT_INFER_THREADS="1",
+        TRANSFORMERS_VERBOSITY="error",
+        DIFFUSERS_VERBOSITY="error",
+        HF_HUB_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+        TQDM_DISABLE="1",
+    )
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Finished:
+    rank: int
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed_s: float
+
+
+def launch(
+    args: list[str], world_size: int, ranks: list[int] | None = None, timeout_s: float = 240.0, **env: str
+) -> list[Finished]:
+    """Start ``python <args>`` once per rank (all of ``range(world_size)`` unless ``ranks``), wait for all."""
+    port = str(free_port())
+    procs = []
+    t0 = time.monotonic()
+    for rank in range(world_size) if ranks is None else ranks:
+        e = child_env(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env)
+        p = subprocess.Popen([sys.executable, *args], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append((rank, p))
+    out = []
+    for rank, p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            for _, q in procs:
+                q.kill()
+            raise
+        out.append(Finished(rank, p.returncode, stdout, stderr, time.monotonic() - t0))
+    return out
+
+
+def eat_infer(*args: str) -> list[str]:
+    return ["-m", "eat_inference", *args]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The tiny SD in diffusers format, built once per session."""
+    pytest.importorskip("diffusers")
+    from eat_inference import tiny
+
+    return tiny.save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A model store directory holding the tiny model as tiny-sd.tar (+ .sha256)."""
+    from eat_inference import cache
+
+    store = tmp_path_factory.mktemp("store")
+    cache.pack(tiny_model, store, "tiny-sd")
+    return store

@@ -1,0 +1,229 @@
+"""The node-local model cache: hits, misses, LRU, concurrency, and failures that leave it clean.
+
+Stores are real: a directory and an HTTP server on loopback. Models are small diffusers-like
+folders (a model_index.json and a weights file of chosen size), so these tests need no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("filelock")
+
+from eat_inference import cache
+
+from . import storeserver
+from .conftest import child_env, free_port
+
+MiB = 1 << 20
+
+
+def make_model(root: pathlib.Path, name: str, size: int, fill: bytes = b"w") -> pathlib.Path:
+    d = root / "src" / name
+    (d / "unet").mkdir(parents=True)
+    (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (d / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(fill * size)
+    return d
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A store with models a (1 MiB), b (1 MiB), c (2 MiB)."""
+    s = tmp_path / "store"
+    for name, size in (("a", MiB), ("b", MiB), ("c", 2 * MiB)):
+        cache.pack(make_model(tmp_path, name, size), s, name)
+    return s
+
+
+def assert_clean(c: cache.ModelCache) -> None:
+    """Nothing half-done is left: no temporary files, every model directory complete."""
+    assert list((c.root / "tmp").iterdir()) == []
+    for d in (c.root / "models").iterdir():
+        assert (d / cache.MARKER).is_file()
+
+
+def test_cold_fetch_then_warm_hit(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    cold = c.ensure("a", cache.LocalStore(store))
+    assert cold.source == "store" and cold.cold and cold.fetch_s > 0
+    assert (cold.path / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size == MiB
+    warm = c.ensure("a", cache.LocalStore(store))
+    assert warm.source == "disk" and not warm.cold and warm.fetch_s == 0.0
+    assert warm.path == cold.path
+    # A hit needs no store at all.
+    assert c.ensure("a", None).source == "disk"
+    assert [m.name for m in c.models()] == ["a"]
+    assert_clean(c)
+
+
+def test_http_store(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    with storeserver.serve(store) as srv:
+        fetched = c.ensure("b", cache.store_from_uri(srv.url))
+        assert fetched.cold and fetched.bytes > MiB
+        assert sorted(srv.requests) == ["/b.tar", "/b.tar.sha256"]
+
+
+def test_lru_eviction_under_capacity(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    now = [1000.0]
+    c = cache.ModelCache(tmp_path / "cache", int(3.5 * MiB), clock=lambda: now[0])
+    s = cache.LocalStore(store)
+    c.ensure("a", s)
+    now[0] += 1
+    c.ensure("b", s)
+    now[0] += 1
+    c.ensure("a", s)  # a is now more recently used than b
+    now[0] += 1
+    fetched = c.ensure("c", s)  # 2 MiB more: only one of a, b may stay
+    assert fetched.evicted == ("b",)
+    assert sorted(m.name for m in c.models()) == ["a", "c"]
+    assert c.used_bytes() <= c.capacity_bytes
+    assert_clean(c)
+
+
+def test_model_in_use_is_not_evicted(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", int(2.5 * MiB))
+    s = cache.LocalStore(store)
+    c.ensure("a", s)
+    with c.in_use("a"):
+        with pytest.raises(cache.CacheFullError, match="does not fit"):
+            c.ensure("c", s)
+    assert [m.name for m in c.models()] == ["a"]
+    assert_clean(c)
+    assert c.ensure("c", s).evicted == ("a",)
+
+
+def test_larger_than_capacity(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", MiB // 2)
+    with pytest.raises(cache.CacheFullError, match="larger than the cache capacity"):
+        c.ensure("a", cache.LocalStore(store))
+    assert c.models() == []
+    assert_clean(c)
+
+
+def test_concurrent_fetchers_download_once(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    """Three processes (pods on one node) ask for the same model at once: one download."""
+    root = tmp_path / "cache"
+    code = (
+        "import sys, json; from eat_inference import cache; "
+        "f = cache.ModelCache(sys.argv[1], 10 << 20).ensure('c', cache.store_from_uri(sys.argv[2])); "
+        "print(json.dumps({'source': f.source, 'path': str(f.path), 'wait': f.lock_wait_s}))"
+    )
+    with storeserver.serve(store) as srv:
+        srv.delay_s = 1.0  # the download takes a while: the others must wait, not download too
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(root), srv.url], env=child_env(), stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(3)
+        ]
+        results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        assert srv.requests.count("/c.tar") == 1
+    assert sorted(r["source"] for r in results) == ["disk", "disk", "store"]
+    assert len({r["path"] for r in results}) == 1
+    assert max(r["wait"] for r in results) > 0.5
+    assert_clean(cache.ModelCache(root, 10 * MiB))
+
+
+def test_checksum_mismatch_is_clear_and_leaves_cache_clean(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    (store / "a.tar.sha256").write_text("0" * 64 + "  a.tar\n")
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    with pytest.raises(
+        cache.ChecksumMismatchError, match=r"model 'a' .*sha256 mismatch \(expected 0000.*cache is unchanged"
+    ):
+        c.ensure("a", cache.LocalStore(store))
+    assert c.models() == [] and c.get("a") is None
+    assert_clean(c)
+
+
+def test_expected_checksum_overrides_store(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    with pytest.raises(cache.ChecksumMismatchError):
+        c.ensure("a", cache.LocalStore(store), expected_sha256="f" * 64)
+    assert_clean(c)
+
+
+def test_partial_download_is_discarded(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    with storeserver.serve(store) as srv:
+        srv.truncate_to = 100_000
+        with pytest.raises(cache.CacheError, match="model 'b'"):
+            c.ensure("b", cache.store_from_uri(srv.url))
+        assert c.models() == []
+        assert_clean(c)
+        srv.truncate_to = None  # the store recovers: the next attempt succeeds
+        assert c.ensure("b", cache.store_from_uri(srv.url)).cold
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("http://127.0.0.1:{port}", id="http-connection-refused"),
+        pytest.param("{tmp}/no-such-mount", id="missing-mount"),
+    ],
+)
+def test_store_unreachable_is_clear(tmp_path: pathlib.Path, uri: str) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    store = cache.store_from_uri(uri.format(port=free_port(), tmp=tmp_path), timeout_s=5)
+    with pytest.raises(cache.StoreUnreachableError, match="is not reachable"):
+        c.ensure("a", store)
+    assert_clean(c)
+
+
+def test_model_not_in_store(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    with pytest.raises(cache.ModelNotFoundError, match="'nope' is not in the store"):
+        c.ensure("nope", cache.LocalStore(store))
+    with storeserver.serve(store) as srv, pytest.raises(cache.ModelNotFoundError, match="HTTP 404"):
+        c.ensure("nope", cache.store_from_uri(srv.url))
+
+
+def test_damaged_cached_model_is_fetched_again(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    s = cache.LocalStore(store)
+    path = c.ensure("a", s).path
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"truncated")
+    again = c.ensure("a", s)
+    assert again.cold
+    assert weights.stat().st_size == MiB
+
+
+def test_leftovers_of_a_crashed_fetch_are_cleaned(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    (c.root / "tmp" / "a.deadbeef.tar").write_bytes(b"half")
+    (c.root / "models" / "a").mkdir()  # no marker: never completed
+    assert c.get("a") is None
+    assert c.ensure("a", cache.LocalStore(store)).cold
+    assert_clean(c)
+
+
+@pytest.mark.parametrize("name", ["../etc", "/abs", "a b", "", "x" * 200])
+def test_bad_model_names_are_refused(tmp_path: pathlib.Path, name: str) -> None:
+    c = cache.ModelCache(tmp_path / "cache", MiB)
+    with pytest.raises(cache.CacheError, match="invalid model name"):
+        c.ensure(name, None)
+
+
+def test_namespaced_model_name(tmp_path: pathlib.Path) -> None:
+    s = tmp_path / "store"
+    cache.pack(make_model(tmp_path, "sd", MiB // 4), s, "stabilityai/sd-2")
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    fetched = c.ensure("stabilityai/sd-2", cache.LocalStore(s))
+    assert fetched.path.name == "stabilityai--sd-2"
+    assert [m.name for m in c.models()] == ["stabilityai/sd-2"]
+
+
+def test_record_load_feeds_the_agent(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    c.ensure("a", cache.LocalStore(store))
+    c.record_load("a", 1.25)
+    m = c.get("a")
+    assert m is not None and m.last_load_s == 1.25 and m.bytes > MiB
+    assert 0 < c.free_bytes() <= 10 * MiB - m.bytes

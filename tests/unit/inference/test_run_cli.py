@@ -1,0 +1,81 @@
+"""``eat-infer run`` end to end on real processes: cache, rendezvous, image and report.
+
+The first gang run on an empty cache is cold (every rank fetches from the store, under the
+cache's lock: one download); the second is warm (disk hits). The report says so, with the
+fetch, load, per-step and total times.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+from PIL import Image
+
+from .conftest import eat_infer, launch
+
+
+def run_gang(
+    world: int, out: pathlib.Path, cache_dir: pathlib.Path, store: pathlib.Path, *extra: str
+) -> dict[str, object]:
+    args = eat_infer(
+        "run", "--model", "tiny-sd", "--store", str(store), "--cache-dir", str(cache_dir), "--output", str(out),
+        "--steps", "3", "--warmup-steps", "1", "--job", "ns/job-1", *extra,
+    )  # fmt: skip
+    done = launch(args, world)
+    for f in done:
+        assert f.returncode == 0, f"rank {f.rank} exited {f.returncode}:\n{f.stderr[-3000:]}"
+    assert "image.png" in done[0].stdout
+    return json.loads((out / "report.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_cold_then_warm_gang(tmp_path: pathlib.Path, tiny_store: pathlib.Path) -> None:
+    cache_dir = tmp_path / "node-cache"  # both ranks on one "node": they share the cache
+    cold = run_gang(2, tmp_path / "cold", cache_dir, tiny_store, "--mode", "displaced", "--save-array")
+    assert cold["start"] == "cold" and cold["cache"] == "store"
+    assert cold["mode"] == "displaced" and cold["world_size"] == 2 and cold["warmup_steps"] == 1
+    assert cold["backend"] == "gloo" and cold["job"] == "ns/job-1"
+    t = cold["timings_s"]
+    assert isinstance(t, dict)
+    assert t["fetch"] > 0 and t["load"] > 0 and len(t["steps"]) == 3 and t["total"] >= t["denoise"] > 0
+    ranks = cold["ranks"]
+    assert isinstance(ranks, list)
+    # One download: one rank fetched, the other waited for it and then hit the disk.
+    assert sorted(r["cache"] for r in ranks) == ["disk", "store"]
+    assert cold["exchange_bytes_per_step"] > 0
+
+    image = np.asarray(Image.open(tmp_path / "cold" / "image.png"))
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert np.abs(np.load(tmp_path / "cold" / "image.npy") * 255 - image).max() <= 1.0
+
+    warm = run_gang(2, tmp_path / "warm", cache_dir, tiny_store, "--mode", "displaced")
+    assert warm["start"] == "warm" and warm["cache"] == "disk"
+    assert warm["timings_s"]["fetch"] == 0.0  # type: ignore[index]
+    assert [r["cache"] for r in warm["ranks"]] == ["disk", "disk"]  # type: ignore[union-attr]
+    print(f"\ncold: fetch {t['fetch']:.3f} s, load {t['load']:.3f} s; warm: load {warm['timings_s']['load']:.3f} s")  # type: ignore[index]
+
+
+def test_a_rank_that_cannot_get_the_model_fails_the_gang(tmp_path: pathlib.Path, tiny_store: pathlib.Path) -> None:
+    """A checksum mismatch on one rank: it exits 4, the other exits 5 naming it, no hang."""
+    bad_store = tmp_path / "bad-store"
+    bad_store.mkdir()
+    (bad_store / "tiny-sd.tar").write_bytes((tiny_store / "tiny-sd.tar").read_bytes())
+    (bad_store / "tiny-sd.tar.sha256").write_text("0" * 64 + "\n")
+    done = launch(
+        eat_infer(
+            "run", "--store", str(bad_store), "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")
+        ),
+        2,
+        timeout_s=120,
+    )
+    codes = sorted(f.returncode for f in done)
+    assert 4 in codes, [f.stderr[-2000:] for f in done]
+    assert set(codes) <= {4, 5}
+    assert all("sha256 mismatch" in f.stderr for f in done), [f.stderr[-2000:] for f in done]
+    assert not (tmp_path / "out" / "image.png").exists()
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
