@@ -64,6 +64,17 @@ def wait_http(url: str, what: str, timeout_s: float = 60.0) -> None:
     raise SystemExit(f"{what} did not come up at {url}")
 
 
+def wait_scraped(prometheus: str, metric: str, timeout_s: float = 30.0) -> None:
+    """Plans made before the first scrape would see every cache cold."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = httpx.get(f"{prometheus}/api/v1/query", params={"query": metric}, timeout=2).json()
+        if result.get("data", {}).get("result"):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"Prometheus never scraped {metric}")
+
+
 def node_name(lay: layout.Layout, i: int) -> str:
     return f"eat-gpu-{lay.node_type[i].lower()}-{i}"
 
@@ -88,23 +99,30 @@ def create_nodes(lay: layout.Layout, kubeconfig: Path) -> list[str]:
     return names
 
 
-def publish_node_metrics(lay: layout.Layout) -> int:
-    """What DCGM and the node agents would publish for the fake nodes."""
-    reg = CollectorRegistry()
-    cached = Gauge(api.METRIC_MODEL_CACHED, "model in the node's disk cache", ["node", "model"], registry=reg)
-    resident = Gauge(api.METRIC_MODEL_RESIDENT, "model in GPU memory", ["node", "model", "gpu"], registry=reg)
-    util = Gauge(api.DCGM_GPU_UTIL, "GPU utilisation (%)", ["Hostname", "gpu"], registry=reg)
-    for i in range(lay.n_nodes):
-        name = node_name(lay, i)
-        for m in lay.initial_disk[i]:
-            cached.labels(name, catalog.MODELS[m].name).set(1)
-        for local, g in enumerate(lay.slots[i, : lay.node_gpus[i]]):
-            util.labels(name, str(local)).set(0)
-            for m in lay.initial_resident[g]:
-                resident.labels(name, catalog.MODELS[m].name, str(local)).set(1)
-    port = free_port()
-    start_http_server(port, addr="127.0.0.1", registry=reg)
-    return port
+class NodeMetrics:
+    """What DCGM and the node agents would publish for the fake nodes, served on a port."""
+
+    def __init__(self, lay: layout.Layout) -> None:
+        reg = CollectorRegistry()
+        self.cached = Gauge(api.METRIC_MODEL_CACHED, "model in the node's disk cache", ["node", "model"], registry=reg)
+        self.resident = Gauge(api.METRIC_MODEL_RESIDENT, "model in GPU memory", ["node", "model", "gpu"], registry=reg)
+        util = Gauge(api.DCGM_GPU_UTIL, "GPU utilisation (%)", ["Hostname", "gpu"], registry=reg)
+        for i in range(lay.n_nodes):
+            name = node_name(lay, i)
+            for m in lay.initial_disk[i]:
+                self.cached.labels(name, catalog.MODELS[m].name).set(1)
+            for local, g in enumerate(lay.slots[i, : lay.node_gpus[i]]):
+                util.labels(name, str(local)).set(0)
+                for m in lay.initial_resident[g]:
+                    self.resident.labels(name, catalog.MODELS[m].name, str(local)).set(1)
+        self.port = free_port()
+        start_http_server(self.port, addr="127.0.0.1", registry=reg)
+
+    def ran(self, nodes: list[str], model: str) -> None:
+        """A finished pod leaves its model on the node's disk and in a GPU, as the agent reports."""
+        for rank, node in enumerate(nodes):
+            self.cached.labels(node, model).set(1)
+            self.resident.labels(node, model, str(rank)).set(1)
 
 
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -176,7 +194,8 @@ def main() -> None:
         os.environ["PATH"] = f"{lc.bin_dir()}:{os.environ['PATH']}"
         names = create_nodes(lay, kubeconfig)
         console.print(lc.gpu_table(kubeconfig))
-        exporter = publish_node_metrics(lay)
+        metrics = NodeMetrics(lay)
+        exporter = metrics.port
         prom_port = free_port()
         (work / "prometheus.yml").write_text(
             "global: {scrape_interval: 2s}\nscrape_configs:\n  - job_name: eat-nodes\n"
@@ -185,6 +204,7 @@ def main() -> None:
                             f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
                            work / "prometheus.log"))
         wait_http(f"http://127.0.0.1:{prom_port}/-/ready", "Prometheus")
+        wait_scraped(f"http://127.0.0.1:{prom_port}", api.METRIC_MODEL_CACHED)
 
         console.rule("2. policy service, extender, operator")
         checkpoint = ROOT / "policy" / "eat_policy" / "checkpoints" / "edge.pt"
@@ -221,6 +241,10 @@ def main() -> None:
                     lc.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": due}),
                                kubeconfig=kubeconfig)
                 items = lc.kubectl_json("get", "aigcjobs", "-n", NAMESPACE, kubeconfig=kubeconfig)["items"]
+                for it in items:
+                    st = it.get("status") or {}
+                    if st.get("phase") == "Succeeded":
+                        metrics.ran((st.get("plan") or {}).get("nodes") or [], it["spec"]["model"])
                 live.update(live_table(items))
                 if not pending and items and all((i.get("status") or {}).get("phase") in ("Succeeded", "Failed") for i in items):
                     break
