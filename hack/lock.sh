@@ -15,8 +15,8 @@ compile() {  # compile <output> <extra>...
     --python-version 3.11 --python-platform x86_64-unknown-linux-gnu -o "$root/requirements/$out.lock"
 }
 cd "$root"
-compile dev policy service operator extender inference test
-compile policy policy service
+compile dev policy service train operator extender inference test
+compile policy policy service train
 compile operator operator
 compile extender extender
 compile inference inference

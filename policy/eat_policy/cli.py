@@ -1,4 +1,4 @@
-"""``eat-policy``: simulate one episode, evaluate schedulers fairly (later: train, serve)."""
+"""``eat-policy``: simulate one episode, evaluate schedulers fairly, train the agent, serve plans."""
 
 from __future__ import annotations
 
@@ -123,6 +123,14 @@ def evaluate(
     plots = evaluation.plot(results, out, label)
     console.print(_table(evaluation.summarise(results), label, f"{scenario} ({mode}), {seeds} seeds, mean ± 95% CI"))
     console.print(f"wrote {out / 'episodes.csv'} and {', '.join(p.name for p in plots)}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train the EAT agent or an ablation in the simulator (eat-policy train --help)."""
+    from eat_policy import train as training  # torch loads only for this command
+
+    training.app(ctx.args, prog_name="eat-policy train")
 
 
 @app.command()

@@ -43,3 +43,8 @@ def make(name: str) -> Policy:
 
 def _load_builtin() -> None:
     from eat_policy.agents import heuristics  # noqa: F401  (registers on import)
+
+    try:  # the learned policies need torch (extra `train`); without it, heuristics only
+        from eat_policy.agents import eat  # noqa: F401
+    except ImportError:
+        pass

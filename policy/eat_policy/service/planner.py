@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 import time
+from pathlib import Path
 
 from eat_policy import api
 from eat_policy.agents import base
@@ -17,6 +19,17 @@ from eat_policy.service import planning, prometheus, requests, telemetry
 from eat_policy.service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def load_learned(path: Path) -> tuple[base.Policy, str]:
+    """The learned policy in a checkpoint, and its version (file name, training steps)."""
+    module = importlib.import_module("eat_policy.agents.eat")  # torch is imported only here
+    actor = module.load_actor(path)
+    variant = module.nets.config_of(actor)["variant"]
+    card = path.with_suffix(".json")
+    steps = json.loads(card.read_text()).get("steps") if card.exists() else None
+    version = f"{path.name}" + (f" ({steps} steps)" if steps is not None else "")
+    return module.LearnedPolicy(variant, actor=actor, name=variant), version
 
 
 @dataclasses.dataclass
@@ -35,9 +48,7 @@ class Planner:
             planner.load_error = "no checkpoint configured"
         else:
             try:
-                module = importlib.import_module("eat_policy.agents.eat")
-                planner.learned = module.load(settings.checkpoint, device=settings.device)
-                planner.learned_version = str(getattr(planner.learned, "version", settings.checkpoint.name))
+                planner.learned, planner.learned_version = load_learned(settings.checkpoint)
             except Exception as e:  # any load failure means: serve the fallback, say why
                 planner.load_error = f"checkpoint {settings.checkpoint} did not load: {type(e).__name__}: {e}"
                 log.error("%s; serving the fallback heuristic", planner.load_error)

@@ -1,0 +1,330 @@
+"""Networks of the EAT agent: attention state encoder, diffusion actor, twin-critic heads.
+
+They live here, not in ``train.py``, only because the policy service imports them too (the
+diffusers exception for models). Everything consumes ``features.featurize(snapshot)`` plus the
+few extra per-node inputs of ``observe`` (computed from the same ``Snapshot``), so training and
+serving see identical tensors, for any number of nodes N and queued jobs J.
+
+The action is factored into a small discrete option set (paper-notes.md: the prototype only
+chose "dispatch-or-wait, steps, queue slot"; ours also chooses k and the nodes):
+
+    wait  |  (job j, anchor node n, patch count k, steps bin b)
+
+with logits  L[j, n, k, b] = u[j, k, b] + v[j, n, k]  (u from job tokens, v from job×node pair
+tokens = pointer scores over node tokens) and a wait logit from the global token. The gang is
+the anchor node's idle GPUs first, then the anchor's warm group-mates, then the other nodes by
+pointer score (``node_scores``), repaired by ``sim.env.fill_gpus``. Infeasible options (job not
+dispatchable, k not allowed or larger than the idle GPUs, anchor without a usable idle GPU) are
+masked out before the softmax, so they get probability exactly 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eat_policy import features
+from eat_policy.snapshot import Snapshot
+
+N_K = len(features.K_VALUES)
+STEP_BINS = 8
+"""Same as ``sim.env.STEP_BINS``: a bin b maps to steps lo + round(b/7·(hi − lo))."""
+EXTRA_NODE_DIM = N_K + 1
+"""Per node: for each k, "this node's live warm group has exactly k members, all idle"; and
+"this node belongs to a live group". The service computes them from ``Snapshot.node_group``."""
+NODE_IN = features.NODE_DIM + EXTRA_NODE_DIM
+VARIANTS = ("eat", "d-sac", "sac")
+"""eat: attention + diffusion; d-sac: diffusion without attention; sac: attention, no diffusion."""
+
+
+# --- observation ----------------------------------------------------------------------------
+
+
+def warm_group_features(snap: Snapshot) -> np.ndarray:
+    """(N, EXTRA_NODE_DIM) extra node inputs: which nodes anchor a ready warm gang of each k."""
+    group = snap.node_group
+    idle = (snap.gpu_free_at <= snap.now) & snap.node_up[snap.gpu_node]
+    node_idle = np.bincount(snap.gpu_node, weights=idle, minlength=snap.n_nodes) >= snap.node_gpus
+    out = np.zeros((snap.n_nodes, EXTRA_NODE_DIM), dtype=np.float32)
+    for g in set(group[group >= 0].tolist()):
+        members = group == g
+        size = int(members.sum())
+        out[members, N_K] = 1.0
+        if size in features.K_VALUES and node_idle[members].all():
+            out[members, features.K_VALUES.index(size)] = 1.0
+    return out
+
+
+def observe(snap: Snapshot, window: int | None = None) -> dict[str, np.ndarray]:
+    """Featurise a snapshot into the arrays the networks take (job rows padded to ``window``)."""
+    obs = features.featurize(snap)
+    j = obs.jobs.shape[0]
+    w = j if window is None else window
+
+    def rows(a: np.ndarray) -> np.ndarray:
+        if j >= w:
+            return a[:w]
+        return np.concatenate([a, np.zeros((w - j,) + a.shape[1:], a.dtype)])
+
+    return {
+        "nodes": np.concatenate([obs.nodes, warm_group_features(snap)], axis=1),
+        "jobs": rows(obs.jobs),
+        "pairs": rows(obs.pairs),
+        "global": obs.global_,
+        "job_mask": rows(obs.job_mask),
+        "k_mask": rows(obs.k_mask),
+        "free": rows(obs.free > 0),
+    }
+
+
+def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """One observation as a batch of one."""
+    return {k: torch.from_numpy(np.asarray(v))[None] for k, v in obs.items()}
+
+
+def option_mask(o: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, J, N, K) bool: job dispatchable, k allowed, anchor node has a usable idle GPU."""
+    jm = o["job_mask"].bool()[:, :, None, None]
+    km = o["k_mask"].bool()[:, :, None, :]
+    fm = o["free"].bool()[:, :, :, None]
+    return jm & km & fm
+
+
+# --- encoder ----------------------------------------------------------------------------------
+
+
+def mlp(i: int, h: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, o))
+
+
+class Block(nn.Module):
+    """Pre-norm multi-head attention block; ``bias`` is added to the attention logits."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.nq, self.nkv = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.kv, self.o = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
+        self.nf, self.ff = nn.LayerNorm(d), mlp(d, 2 * d, d)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, key_pad: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        b, lq, d = x.shape
+        lk, h = ctx.shape[1], self.heads
+        q = self.q(self.nq(x)).view(b, lq, h, d // h).transpose(1, 2)
+        k, v = self.kv(self.nkv(ctx)).view(b, lk, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        att = q @ k.transpose(-1, -2) / math.sqrt(d // h)
+        if bias is not None:
+            att = att + bias
+        att = att.masked_fill(key_pad[:, None, None, :], -1e9)
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, lq, d)
+        x = x + self.o(y)
+        return x + self.ff(self.nf(x))
+
+
+@dataclasses.dataclass
+class Encoded:
+    glob: torch.Tensor  # (B, d)
+    jobs: torch.Tensor  # (B, J, d)
+    pairs: torch.Tensor  # (B, J, N, dp)
+
+
+class Encoder(nn.Module):
+    """Tokens for nodes, jobs and the global state; self-attention over all of them, then
+    cross-attention from each job to the nodes biased by the job×node pair features (cache
+    state, load cost, fit). ``attention=False`` (D-SAC) replaces both by per-token MLPs with
+    mean-pooled context (DeepSets), so the same heads work on any N and J.
+    """
+
+    def __init__(self, d: int = 64, dp: int = 32, heads: int = 4, layers: int = 2, attention: bool = True) -> None:
+        super().__init__()
+        self.attention = attention
+        self.node_in = mlp(NODE_IN, d, d)
+        self.job_in = mlp(features.JOB_DIM, d, d)
+        self.glob_in = mlp(features.GLOBAL_DIM, d, d)
+        if attention:
+            self.self_blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+            self.cross = Block(d, heads)
+            self.pair_bias = nn.Linear(features.PAIR_DIM, heads)
+        else:
+            self.mix = nn.ModuleList(mlp(3 * d, d, d) for _ in range(layers))
+        self.pj, self.pn = nn.Linear(d, dp), nn.Linear(d, dp)
+        self.pf = nn.Linear(features.PAIR_DIM, dp)
+        self.pout = nn.Sequential(nn.SiLU(), nn.Linear(dp, dp), nn.SiLU())
+
+    def forward(self, o: dict[str, torch.Tensor]) -> Encoded:
+        nodes, jobs, pairs = o["nodes"].float(), o["jobs"].float(), o["pairs"].float()
+        b, j, n = jobs.shape[0], jobs.shape[1], nodes.shape[1]
+        hn, hj, hg = self.node_in(nodes), self.job_in(jobs), self.glob_in(o["global"].float())[:, None]
+        real_job = jobs.abs().sum(-1) > 0  # padded rows are all zero
+        if self.attention:
+            x = torch.cat([hg, hj, hn], 1)
+            pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool), ~real_job, torch.zeros(b, n, dtype=torch.bool)], 1)
+            for blk in self.self_blocks:
+                x = blk(x, x, pad)
+            hg, hj, hn = x[:, :1], x[:, 1 : 1 + j], x[:, 1 + j :]
+            bias = self.pair_bias(pairs).permute(0, 3, 1, 2)  # (B, heads, J, N)
+            hj = self.cross(hj, hn, torch.zeros(b, n, dtype=torch.bool), bias)
+        else:
+            w = real_job.float()[..., None]
+            for f in self.mix:
+                ctx_j = (hj * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1)
+                ctx = torch.cat([hg, ctx_j, hn.mean(1, keepdim=True)], -1)
+                hg = hg + f(ctx)
+                hj = hj + f(torch.cat([hj, ctx_j.expand(-1, j, -1), hg.expand(-1, j, -1)], -1))
+                hn = hn + f(torch.cat([hn, hn.mean(1, keepdim=True).expand(-1, n, -1), hg.expand(-1, n, -1)], -1))
+        hp = self.pout(self.pj(hj)[:, :, None] + self.pn(hn)[:, None] + self.pf(pairs))
+        return Encoded(hg[:, 0], hj, hp)
+
+
+# --- actor: conditional diffusion over the option logits ---------------------------------------
+
+
+def vp_schedule(steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> torch.Tensor:
+    """Variance-preserving β schedule (as in D2SAC / Diffusion-QL): β_i for i = 1..T."""
+    t = torch.arange(1, steps + 1, dtype=torch.float64)
+    alpha = torch.exp(-beta_min / steps - 0.5 * (beta_max - beta_min) * (2 * t - 1) / steps**2)
+    return (1 - alpha).float()
+
+
+def time_embedding(i: int, dim: int = 16) -> torch.Tensor:
+    freqs = torch.exp(torch.arange(dim // 2) * (-math.log(100.0) / (dim // 2 - 1)))
+    return torch.cat([torch.sin(i * freqs), torch.cos(i * freqs)])
+
+
+class Actor(nn.Module):
+    """π(option | state). With ``diffusion_steps`` > 0 the logits are the end x_0 of a reverse
+    denoising chain x_T ~ N(0, I) → x_0 conditioned on the encoded tokens (D2SAC, Du et al.:
+    the diffusion model *generates the action distribution*, softmax(x_0)); gradients flow
+    through the whole chain. With 0 (plain SAC) the heads emit logits directly.
+    """
+
+    def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32, diffusion_steps: int = 5) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        self.variant = variant
+        self.encoder = Encoder(d, dp, attention=variant != "d-sac")
+        self.T = 0 if variant == "sac" else diffusion_steps
+        te = 16 if self.T else 0
+        self.job_head = mlp(d + N_K * STEP_BINS * (self.T > 0) + te, d, N_K * STEP_BINS)
+        self.pair_head = mlp(dp + N_K * (self.T > 0) + te, dp, N_K)
+        self.wait_head = mlp(d + (self.T > 0) + te, d, 1)
+        if self.T:
+            betas = vp_schedule(self.T)
+            alphas = 1 - betas
+            self.register_buffer("betas", betas)
+            self.register_buffer("alphas", alphas)
+            self.register_buffer("alpha_bar", torch.cumprod(alphas, 0))
+            self.register_buffer("temb", torch.stack([time_embedding(i) for i in range(self.T)]))
+            prev = torch.cat([torch.ones(1), self.alpha_bar[:-1]])
+            c0 = betas * prev.sqrt() / (1 - self.alpha_bar)
+            c1 = (1 - prev) * alphas.sqrt() / (1 - self.alpha_bar)
+            sigma = (betas * (1 - prev) / (1 - self.alpha_bar)).sqrt()
+            self.register_buffer("post", torch.stack([c0, c1, sigma], 1))
+
+    def forward(
+        self, o: dict[str, torch.Tensor], generator: torch.Generator | None = None, shuffle_state: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (u (B,J,K,S), v (B,J,N,K), w (B,)) unmasked logits."""
+        e = self.encoder(o)
+        if shuffle_state:  # ablation: condition the chain on another state's tokens
+            e = Encoded(e.glob.roll(1, 0), e.jobs.roll(1, 1), e.pairs.roll(1, 2))
+        b, j, n = e.pairs.shape[:3]
+        if not self.T:
+            return (self.job_head(e.jobs).view(b, j, N_K, STEP_BINS), self.pair_head(e.pairs),
+                    self.wait_head(e.glob)[:, 0])
+        # Reverse process, as a numbered loop (DDPM, Ho et al. eqs. 6-7, in the x_0-prediction
+        # form of Diffusion-QL's ``predict_epsilon=False``: the ε form amplifies an untrained
+        # denoiser ~12× over 5 VP steps, which makes the initial policy deterministic).
+        # 1. start from pure noise in the space of option logits
+        def noise(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=generator, device=e.glob.device)
+
+        xu, xv, xw = noise(b, j, N_K * STEP_BINS), noise(b, j, n, N_K), noise(b, 1)
+        # The state part of each denoiser's first layer is the same at every step: project once.
+        heads = [_Split(h, z.shape[-1]) for h, z in ((self.job_head, e.jobs), (self.pair_head, e.pairs), (self.wait_head, e.glob))]
+        su, sv, sw = heads[0].state(e.jobs), heads[1].state(e.pairs), heads[2].state(e.glob)
+        for i in reversed(range(self.T)):
+            # 2. predict the clean logits x̂_0 from x_i, the step embedding and the state tokens
+            t = self.temb[i]
+            x0u, x0v, x0w = heads[0](su, xu, t), heads[1](sv, xv, t), heads[2](sw, xw, t)
+            if i == 0:
+                # 4. the last posterior mean is x̂_0 itself: the logits of the action distribution
+                xu, xv, xw = x0u, x0v, x0w
+                break
+            # 3. posterior q(x_{i-1} | x_i, x̂_0): mean c0·x̂_0 + c1·x_i, std σ_i
+            c0, c1, sigma = self.post[i]
+            xu = c0 * x0u + c1 * xu + sigma * noise(*xu.shape)
+            xv = c0 * x0v + c1 * xv + sigma * noise(*xv.shape)
+            xw = c0 * x0w + c1 * xw + sigma * noise(*xw.shape)
+        return xu.view(b, j, N_K, STEP_BINS), xv, xw[:, 0]
+
+
+class _Split:
+    """``head(cat([state, x, t]))`` computed as W_s·state (once per chain) + W_x·x + W_t·t."""
+
+    def __init__(self, head: nn.Sequential, state_dim: int) -> None:
+        self.head, self.ds = head, state_dim
+        self.first = head[0]
+
+    def state(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.first.weight[:, : self.ds], self.first.bias)
+
+    def __call__(self, s: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        w = self.first.weight
+        dx = x.shape[-1]
+        pre = s + F.linear(x, w[:, self.ds : self.ds + dx]) + w[:, self.ds + dx :] @ t
+        return self.head[2](self.head[1](pre))
+
+
+def joint_log_probs(u: torch.Tensor, v: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + J·N·K·S) log-probabilities; index 0 is wait, masked options get ≈ −1e9."""
+    b = u.shape[0]
+    logits = u[:, :, None] + v[..., None]  # (B, J, N, K, S)
+    logits = logits.masked_fill(~mask[..., None], -1e9).reshape(b, -1)
+    return torch.cat([w[:, None], logits], 1).log_softmax(-1)
+
+
+def decode(index: int, j: int, n: int) -> tuple[int, int, int, int] | None:
+    """Flat option index → (job, anchor node, k index, steps bin), or None for wait."""
+    if index == 0:
+        return None
+    job, rest = divmod(index - 1, n * N_K * STEP_BINS)
+    node, rest = divmod(rest, N_K * STEP_BINS)
+    ki, bin_ = divmod(rest, STEP_BINS)
+    return job, node, ki, bin_
+
+
+def encode(job: int, node: int, ki: int, bin_: int, n: int) -> int:
+    return 1 + ((job * n + node) * N_K + ki) * STEP_BINS + bin_
+
+
+# --- critic ---------------------------------------------------------------------------------
+
+
+class Critic(nn.Module):
+    """Q(s, ·) for every option at once: Q[j,n,k,b] = Qu[j,k,b] + Qv[j,n,k]; Q[wait] from the
+    global token. Exact expectations over the (masked) policy, as discrete SAC needs."""
+
+    def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32) -> None:
+        super().__init__()
+        self.encoder = Encoder(d, dp, attention=variant != "d-sac")
+        self.qu, self.qv, self.qw = mlp(d, d, N_K * STEP_BINS), mlp(dp, dp, N_K), mlp(d, d, 1)
+
+    def forward(self, o: dict[str, torch.Tensor]) -> torch.Tensor:
+        e = self.encoder(o)
+        b, j = e.jobs.shape[:2]
+        q = self.qu(e.jobs).view(b, j, 1, N_K, STEP_BINS) + self.qv(e.pairs)[..., None]
+        return torch.cat([self.qw(e.glob), q.reshape(b, -1)], 1)
+
+
+def config_of(actor: Actor) -> dict[str, Any]:
+    enc = actor.encoder
+    return {"variant": actor.variant, "d": enc.node_in[0].out_features, "dp": enc.pj.out_features,
+            "diffusion_steps": actor.T or 5}

@@ -1,0 +1,151 @@
+"""The EAT agent and its ablations: shapes for any N and J, masking, seeds, checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+
+from eat_policy import nets
+from eat_policy.agents import base
+from eat_policy.agents import eat as eat_agent
+from eat_policy.sim import engine, scenarios
+from eat_policy.train import save_policy
+
+from tests.unit.agents.conftest import make_actor
+
+VARIANTS = [pytest.param(v, id=v) for v in nets.VARIANTS]
+
+
+def _snapshot(scenario: scenarios.Scenario, seed: int = 0, warm_steps: int = 3):
+    sim = engine.Simulator(scenario)
+    sim.reset(seed)
+    first_fit = base.make("first-fit")
+    for _ in range(warm_steps):  # some busy GPUs, some warm groups
+        if sim.done:
+            break
+        sim.step(first_fit.decide(sim.snapshot()))
+    return sim.snapshot()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("scenario", [
+    pytest.param(scenarios.paper(rate=0.05), id="paper-4-nodes"),
+    pytest.param(scenarios.edge(n_nodes=3, initial_queue=20, n_jobs=40), id="edge-3-nodes"),
+    pytest.param(scenarios.edge(n_nodes=17, initial_queue=40, n_jobs=60), id="edge-17-nodes"),
+])
+def test_one_network_serves_any_cluster_and_queue_size(variant: str, scenario: scenarios.Scenario) -> None:
+    snap = _snapshot(scenario)
+    o = nets.to_tensors(nets.observe(snap))
+    u, v, w = make_actor(variant)(o)
+    j, n = snap.n_jobs, snap.n_nodes
+    assert u.shape == (1, j, nets.N_K, nets.STEP_BINS) and v.shape == (1, j, n, nets.N_K) and w.shape == (1,)
+    logp = nets.joint_log_probs(u, v, w, nets.option_mask(o))
+    assert logp.shape == (1, 1 + j * n * nets.N_K * nets.STEP_BINS)
+    assert torch.isclose(logp.exp().sum(), torch.tensor(1.0))
+    q = nets.Critic(variant, d=32, dp=16)(o)
+    assert q.shape == logp.shape
+
+
+def test_infeasible_options_get_exactly_zero_probability() -> None:
+    snap = _snapshot(scenarios.edge(n_nodes=6, initial_queue=30, n_jobs=40), warm_steps=6)
+    o = nets.to_tensors(nets.observe(snap))
+    mask = nets.option_mask(o)
+    assert (~mask).any() and mask.any()
+    p = nets.joint_log_probs(*make_actor()(o), mask).exp()[0, 1:].view(*mask.shape[1:], nets.STEP_BINS)
+    assert p[~mask[0]].max().item() == 0.0
+    # the mask is the featurisation's: busy or too-small nodes and disallowed k are out
+    obs = nets.observe(snap)
+    for j in range(snap.n_jobs):
+        for ki in range(nets.N_K):
+            for n in range(snap.n_nodes):
+                assert bool(mask[0, j, n, ki]) == bool(obs["job_mask"][j] and obs["k_mask"][j, ki] and obs["free"][j, n])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("scenario", [
+    pytest.param(scenarios.paper(rate=0.11), id="paper-choose-k"),
+    pytest.param(scenarios.paper(rate=0.11, mode="fixed-k"), id="paper-fixed-k"),
+    pytest.param(scenarios.edge(n_nodes=5, load=0.9, n_jobs=40), id="edge"),
+])
+def test_sampled_decisions_are_always_valid(variant: str, scenario: scenarios.Scenario) -> None:
+    """Sampling (not just argmax) from an untrained actor: the simulator never rejects a decision."""
+    actor, sim = make_actor(variant), engine.Simulator(scenario)
+    gen = torch.Generator().manual_seed(0)
+    sim.reset(3)
+    dispatched = 0
+    while not sim.done:
+        decision, _, _, _ = eat_agent.act(actor, sim.snapshot(), gen, greedy=False)
+        sim.step(decision)  # raises engine.InvalidDecision on anything infeasible
+        dispatched += decision is not None
+    assert dispatched > 0
+
+
+def test_same_seed_same_episode_different_seed_different_chain_noise(small_edge: scenarios.Scenario) -> None:
+    actor = make_actor()
+    sim = engine.Simulator(small_edge)
+
+    def run(seed: int) -> list:
+        policy = eat_agent.LearnedPolicy("eat", actor=actor)
+        sim.reset(0)
+        policy.reset(seed)
+        out = []
+        while not sim.done:
+            d = policy.decide(sim.snapshot())
+            out.append(d)
+            sim.step(d)
+        return out
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path) -> None:
+    actor = make_actor("eat", seed=4)
+    save_policy(actor, tmp_path / "p.pt")
+    loaded = eat_agent.load_actor(tmp_path / "p.pt")  # torch.load(weights_only=True) inside
+    o = nets.to_tensors(nets.observe(_snapshot(scenarios.paper(rate=0.05))))
+    a = actor(o, torch.Generator().manual_seed(7))
+    b = loaded(o, torch.Generator().manual_seed(7))
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["eat-paper", "eat-edge", "d-sac-paper", "sac-paper"])
+def test_shipped_checkpoints_are_small_and_load_safely(name: str) -> None:
+    path = eat_agent.CHECKPOINTS / f"{name}.pt"
+    if not path.exists():
+        pytest.skip(f"{path.name} not shipped")
+    assert path.stat().st_size < 2 * 1024 * 1024
+    blob = torch.load(path, weights_only=True)
+    assert set(blob) == {"config", "actor"}
+    assert (path.with_suffix(".json")).exists(), "each checkpoint has a card with its training command"
+
+
+def test_registered_names_make_policies() -> None:
+    for name in ("eat", "d-sac", "sac", "eat-shuffled", "eat-1step"):
+        assert base.make(name).name == name
+
+
+def test_the_action_distribution_depends_on_the_state_and_on_the_chain() -> None:
+    actor = make_actor()
+    o1 = nets.to_tensors(nets.observe(_snapshot(scenarios.edge(n_nodes=4, initial_queue=20, n_jobs=40), warm_steps=0), 20))
+    o2 = nets.to_tensors(nets.observe(_snapshot(scenarios.edge(n_nodes=4, initial_queue=20, n_jobs=40), warm_steps=2), 20))
+
+    def probs(o, **kw):
+        return nets.joint_log_probs(*actor(o, torch.Generator().manual_seed(0), **kw), nets.option_mask(o)).exp()
+
+    assert not torch.allclose(probs(o1), probs(o2))
+    assert not torch.allclose(probs(o1), probs(o1, shuffle_state=True))
+    full = probs(o1)
+    actor.T = 1
+    assert not torch.allclose(full, probs(o1))
+
+
+def test_warm_group_features_mark_ready_gangs() -> None:
+    sim = engine.Simulator(scenarios.paper(rate=0.05))
+    sim.reset(0)
+    snap = sim.snapshot()
+    assert not nets.warm_group_features(snap).any()
+    sim.step(eat_agent.to_decision(snap, (0, 0, 1, 4), np.zeros(4), np.ones(4)))  # k=2 on nodes 0, 1
+    extra = nets.warm_group_features(sim.snapshot())
+    assert extra[[0, 1], nets.N_K].all() and not extra[[2, 3], nets.N_K].any()
+    assert not extra[:, 1].any()  # the pair is busy, so not ready yet

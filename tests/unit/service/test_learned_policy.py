@@ -1,0 +1,58 @@
+"""The service with the shipped EAT checkpoint, and its fallbacks when the policy misbehaves."""
+
+from pathlib import Path
+
+import pytest
+
+from eat_policy import api
+from eat_policy.service.planner import Planner
+from eat_policy.service.settings import Settings
+from eat_policy.snapshot import Decision
+
+from .conftest import make_job, make_node
+
+SHIPPED = Path(__file__).resolve().parents[3] / "policy" / "eat_policy" / "checkpoints" / "eat-edge.pt"
+
+
+def request(n_jobs: int = 3) -> api.PlanRequest:
+    return api.PlanRequest(
+        jobs=[api.JobRequest(**make_job(id=f"ns/j{i}", model="sdxl", width=1024, height=1024, steps_min=15,
+                                        steps_max=40, deadline_s=30, age_s=5 - i)) for i in range(n_jobs)],
+        nodes=[api.NodeInfo(**make_node("a100", gpus=4, cached_models=["sdxl"])),
+               api.NodeInfo(**make_node("l4", gpus=2, product="NVIDIA-L4"))],
+    )
+
+
+@pytest.fixture(scope="module")
+def planner() -> Planner:
+    return Planner.from_settings(Settings(checkpoint=SHIPPED))
+
+
+def test_shipped_checkpoint_answers_with_feasible_plans(planner: Planner) -> None:
+    assert planner.ready and planner.load_error is None
+    body = planner.plan(request())
+    assert body.policy.name == "eat" and not body.policy.fallback and "eat-edge.pt" in body.policy.version
+    used: dict[str, int] = {}
+    for d in body.decisions:
+        if d.action == "dispatch":
+            assert 15 <= d.steps <= 40 and len(d.nodes) == d.patches and d.predicted_latency_s
+            for n in d.nodes:
+                used[n] = used.get(n, 0) + 1
+    assert used and used.get("a100", 0) <= 4 and used.get("l4", 0) <= 2  # no GPU given twice
+
+
+def test_a_policy_that_raises_is_replaced_by_the_fallback(planner: Planner, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(snap):  # type: ignore[no-untyped-def]
+        raise RuntimeError("nan in the actor")
+
+    monkeypatch.setattr(planner.learned, "decide", boom)
+    body = planner.plan(request())
+    assert body.policy.fallback and body.policy.name == "edf-cache"
+    assert "nan in the actor" in (body.policy.fallback_reason or "")
+    assert any(d.action == "dispatch" for d in body.decisions)
+
+
+def test_an_infeasible_decision_is_replaced_by_the_fallback(planner: Planner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner.learned, "decide", lambda snap: Decision(0, (0, 0), 20))
+    body = planner.plan(request())
+    assert body.policy.fallback and "infeasible decision" in (body.policy.fallback_reason or "")
