@@ -17,6 +17,7 @@ import numpy as np
 
 from eat_policy.agents import base
 from eat_policy.sim import engine, scenarios
+from eat_policy.sim import metrics as metrics_mod
 
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom; the normal beyond.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -41,9 +42,7 @@ def run_episode(sim: engine.Simulator, policy: base.Policy, seed: int) -> tuple[
     while not sim.done:
         sim.step(policy.decide(sim.snapshot()))
     m = sim.metrics()
-    rec, tr = sim.records, sim.trace
-    arrived = tr.arrival_s <= sim.now
-    resp = np.where(np.isfinite(rec.finish_s), rec.finish_s - tr.arrival_s, sim.now - tr.arrival_s)[arrived]
+    resp = metrics_mod.responses(sim.records, sim.trace, sim.now)
     return m.as_dict(), resp
 
 

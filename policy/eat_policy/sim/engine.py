@@ -92,7 +92,7 @@ class Simulator:
         return reward
 
     def metrics(self) -> metrics.EpisodeMetrics:
-        return metrics.summarise(self.records, self.trace, self._episode_end(), self.layout.n_gpus, self._busy_until_end())
+        return metrics.summarise(self.records, self.trace, self.now, self.layout.n_gpus, self._busy_until_end())
 
     # --- dispatching --------------------------------------------------------------------
 
@@ -267,11 +267,8 @@ class Simulator:
 
     # --- views --------------------------------------------------------------------------
 
-    def _episode_end(self) -> float:
-        return self.now
-
     def _busy_until_end(self) -> float:
-        end = self._episode_end()
+        end = self.now
         beyond = sum(
             max(0.0, float(self.gpu_free_at[g]) - end) for members in self._job_gpus.values() for g in members
         )

@@ -68,10 +68,17 @@ class EpisodeMetrics:
         return dataclasses.asdict(self)
 
 
+def responses(rec: JobRecords, trace: traces.Trace, end_s: float) -> np.ndarray:
+    """Response time of every arrived job; unfinished ones censored at the episode end."""
+    arrived = trace.arrival_s <= end_s
+    done = np.isfinite(rec.finish_s) & arrived
+    return np.where(done, rec.finish_s - trace.arrival_s, end_s - trace.arrival_s)[arrived]
+
+
 def summarise(rec: JobRecords, trace: traces.Trace, end_s: float, n_gpus: int, busy_gpu_s: float) -> EpisodeMetrics:
     arrived = trace.arrival_s <= end_s
     done = np.isfinite(rec.finish_s) & arrived
-    response = np.where(done, rec.finish_s - trace.arrival_s, end_s - trace.arrival_s)[arrived]
+    response = responses(rec, trace, end_s)
     started = np.isfinite(rec.start_s)
     has_deadline = np.isfinite(trace.deadline_s[arrived])
     met = done[arrived] & (rec.finish_s[arrived] - trace.arrival_s[arrived] <= trace.deadline_s[arrived])
