@@ -44,17 +44,23 @@ def _t(seconds: np.ndarray) -> np.ndarray:
 
 
 def featurize(snap: Snapshot) -> Observation:
-    free = _free_per_job(snap)
-    k_mask = _k_mask(snap, free)
+    job_mask, k_mask, free = masks(snap)
     return Observation(
         nodes=_node_features(snap).astype(np.float32),
         jobs=_job_features(snap).astype(np.float32),
         pairs=_pair_features(snap).astype(np.float32),
         global_=_global_features(snap).astype(np.float32),
-        job_mask=k_mask.any(axis=1),
+        job_mask=job_mask,
         k_mask=k_mask,
         free=free,
     )
+
+
+def masks(snap: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Only the feasibility part of ``featurize``: (job_mask, k_mask, free)."""
+    free = _free_per_job(snap)
+    k_mask = _k_mask(snap, free)
+    return k_mask.any(axis=1), k_mask, free
 
 
 def _node_features(snap: Snapshot) -> np.ndarray:

@@ -104,11 +104,13 @@ def mlp(i: int, h: int, o: int) -> nn.Sequential:
 
 
 class Block(nn.Module):
-    """Pre-norm multi-head attention block; ``bias`` is added to the attention logits."""
+    """Pre-norm multi-head attention block; ``bias`` is added to the attention logits.
+    ``last_attention`` keeps the latest weights (B, heads, Lq, Lk), detached, for explanations."""
 
     def __init__(self, d: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
+        self.last_attention: torch.Tensor | None = None
         self.nq, self.nkv = nn.LayerNorm(d), nn.LayerNorm(d)
         self.q, self.kv, self.o = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
         self.nf, self.ff = nn.LayerNorm(d), mlp(d, 2 * d, d)
@@ -121,8 +123,9 @@ class Block(nn.Module):
         att = q @ k.transpose(-1, -2) / math.sqrt(d // h)
         if bias is not None:
             att = att + bias
-        att = att.masked_fill(key_pad[:, None, None, :], -1e9)
-        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, lq, d)
+        att = att.masked_fill(key_pad[:, None, None, :], -1e9).softmax(-1)
+        self.last_attention = att.detach()
+        y = (att @ v).transpose(1, 2).reshape(b, lq, d)
         x = x + self.o(y)
         return x + self.ff(self.nf(x))
 
@@ -180,6 +183,17 @@ class Encoder(nn.Module):
                 hn = hn + f(torch.cat([hn, hn.mean(1, keepdim=True).expand(-1, n, -1), hg.expand(-1, n, -1)], -1))
         hp = self.pout(self.pj(hj)[:, :, None] + self.pn(hn)[:, None] + self.pf(pairs))
         return Encoded(hg[:, 0], hj, hp)
+
+    def attention_weights(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Of the latest forward, head-averaged: (job→node cross-attention (B, J, N), job→job
+        weights of the last self-attention layer (B, J, J)); None without attention (D-SAC)."""
+        if not self.attention:
+            return None
+        cross = self.cross.last_attention
+        last = self.self_blocks[-1].last_attention
+        assert cross is not None and last is not None, "no forward pass yet"
+        j = cross.shape[2]
+        return cross.mean(1), last.mean(1)[:, 1 : 1 + j, 1 : 1 + j]
 
 
 # --- actor: conditional diffusion over the option logits ---------------------------------------

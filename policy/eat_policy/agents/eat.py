@@ -13,6 +13,7 @@ Registers ``eat``, ``d-sac`` and ``sac``, plus the chain-ablation evaluations ``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,13 @@ ANCHOR_BONUS, GROUP_BONUS = 1e6, 1e3
 """Gang decoding: the anchor node's GPUs first, then its warm group-mates, then pointer order."""
 
 
-def load_actor(path: Path) -> nets.Actor:
+def load_actor(path: Path, device: str = "cpu") -> nets.Actor:
     """A policy checkpoint ({"config": ..., "actor": state_dict}) as an eval-mode Actor."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = torch.load(path, map_location=device, weights_only=True)
     cfg = blob["config"]
     actor = nets.Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"])
     actor.load_state_dict(blob["actor"])
-    return actor.eval()
+    return actor.to(device).eval()
 
 
 @functools.lru_cache(maxsize=16)
@@ -83,16 +84,59 @@ def act(
     return to_decision(snap, option, pointer, obs["free"][option[0]]), obs, index, pointer
 
 
+@dataclasses.dataclass
+class Instant:
+    """The actor's output at one instant, reused for the next dispatches at the same time.
+
+    After a dispatch only feasibility changed (its GPUs are busy, its job left), so the
+    remaining options are re-masked from the new snapshot and ranked by the same logits.
+    """
+
+    now: float
+    node_names: tuple[str, ...]
+    row_of: dict[int, int]
+    """Job id → row of the logits below."""
+    u: torch.Tensor  # (J, K, S)
+    v: torch.Tensor  # (J, N, K)
+    w: torch.Tensor  # (1,)
+    node_attention: np.ndarray | None
+    """(J, N) job→node cross-attention, head-averaged; None for D-SAC."""
+    job_attention: np.ndarray | None
+    """(J, J) job→job weights of the last self-attention layer."""
+    uses: int = 1
+
+    def covers(self, snap: Snapshot) -> bool:
+        return (snap.now == self.now and snap.node_names == self.node_names
+                and all(int(i) in self.row_of for i in snap.job_id))
+
+    def decide(self, snap: Snapshot) -> Decision | None:
+        rows = [self.row_of[int(i)] for i in snap.job_id]
+        job_mask, k_mask, free = nets.features.masks(snap)
+        mask = torch.from_numpy(job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None])
+        logp = nets.joint_log_probs(self.u[None, rows], self.v[None, rows], self.w, mask[None])[0]
+        option = nets.decode(int(logp.argmax()), snap.n_jobs, snap.n_nodes)
+        if option is None:
+            return None
+        pointer = self.v[rows[option[0]], :, option[2]].numpy()
+        return to_decision(snap, option, pointer, free[option[0]] > 0)
+
+
 class LearnedPolicy:
+    """Greedy decisions of an actor. ``reuse``: decisions taken from one actor pass at the same
+    instant before it runs again (1: a fresh pass per decision, as in training)."""
+
     def __init__(self, variant: str = "eat", actor: nets.Actor | None = None, shuffle_state: bool = False,
-                 diffusion_steps: int | None = None, name: str | None = None) -> None:
+                 diffusion_steps: int | None = None, name: str | None = None, reuse: int = 1) -> None:
         self.variant, self.actor, self.shuffle_state = variant, actor, shuffle_state
-        self.diffusion_steps = diffusion_steps
+        self.diffusion_steps, self.reuse = diffusion_steps, reuse
         self.name = name or variant
-        self.generator = torch.Generator().manual_seed(0)
+        self.device = next(actor.parameters()).device if actor is not None else torch.device("cpu")
+        self.reset(0)
 
     def reset(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0xEA7]).generate_state(1)[0]))
+        self.generator = torch.Generator(self.device).manual_seed(
+            int(np.random.SeedSequence([seed, 0xEA7]).generate_state(1)[0]))
+        self.instant: Instant | None = None
 
     def _actor(self, scenario: str) -> nets.Actor:
         if self.actor is not None:
@@ -103,8 +147,33 @@ class LearnedPolicy:
         return actor
 
     def decide(self, snap: Snapshot) -> Decision | None:
-        decision, _, _, _ = act(self._actor(snap.scenario), snap, self.generator, shuffle_state=self.shuffle_state)
-        return decision
+        instant = self.instant
+        if instant is not None and instant.uses < self.reuse and instant.covers(snap):
+            instant.uses += 1
+        else:
+            instant = self.instant = self._encode(snap)
+        return instant.decide(snap)
+
+    def attention(self, job_id: int) -> tuple[np.ndarray, dict[int, float]] | None:
+        """For a job of the latest actor pass: its attention over nodes (N,) and over the other
+        queued jobs (job id → weight); None if the actor has no attention or never saw the job."""
+        instant = self.instant
+        if instant is None or instant.node_attention is None or job_id not in instant.row_of:
+            return None
+        row = instant.row_of[job_id]
+        assert instant.job_attention is not None
+        others = {i: float(instant.job_attention[row, r]) for i, r in instant.row_of.items() if i != job_id}
+        return instant.node_attention[row], others
+
+    def _encode(self, snap: Snapshot) -> Instant:
+        actor = self._actor(snap.scenario)
+        o = {k: t.to(self.device) for k, t in nets.to_tensors(nets.observe(snap)).items()}
+        with torch.no_grad():
+            u, v, w = actor(o, self.generator, shuffle_state=self.shuffle_state)
+        weights = actor.encoder.attention_weights()
+        node_att, job_att = (None, None) if weights is None else (weights[0][0].cpu().numpy(), weights[1][0].cpu().numpy())
+        return Instant(snap.now, snap.node_names, {int(i): r for r, i in enumerate(snap.job_id)},
+                       u[0].cpu(), v[0].cpu(), w.cpu(), node_att, job_att)
 
 
 @functools.lru_cache(maxsize=16)
@@ -123,3 +192,5 @@ base.register("d-sac", lambda: LearnedPolicy("d-sac"))
 base.register("sac", lambda: LearnedPolicy("sac"))
 base.register("eat-shuffled", lambda: LearnedPolicy("eat", shuffle_state=True, name="eat-shuffled"))
 base.register("eat-1step", lambda: LearnedPolicy("eat", diffusion_steps=1, name="eat-1step"))
+for _reuse in (8, 32):
+    base.register(f"eat-reuse{_reuse}", lambda r=_reuse: LearnedPolicy("eat", reuse=r, name=f"eat-reuse{r}"))

@@ -21,15 +21,16 @@ from eat_policy.service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def load_learned(path: Path) -> tuple[base.Policy, str]:
+def load_learned(path: Path, reuse: int = 1, device: str = "cpu", threads: int = 1) -> tuple[base.Policy, str]:
     """The learned policy in a checkpoint, and its version (file name, training steps)."""
     module = importlib.import_module("eat_policy.agents.eat")  # torch is imported only here
-    actor = module.load_actor(path)
+    module.torch.set_num_threads(threads)
+    actor = module.load_actor(path, device)
     variant = module.nets.config_of(actor)["variant"]
     card = path.with_suffix(".json")
     steps = json.loads(card.read_text()).get("steps") if card.exists() else None
     version = f"{path.name}" + (f" ({steps} steps)" if steps is not None else "")
-    return module.LearnedPolicy(variant, actor=actor, name=variant), version
+    return module.LearnedPolicy(variant, actor=actor, name=variant, reuse=reuse), version
 
 
 @dataclasses.dataclass
@@ -48,7 +49,8 @@ class Planner:
             planner.load_error = "no checkpoint configured"
         else:
             try:
-                planner.learned, planner.learned_version = load_learned(settings.checkpoint)
+                planner.learned, planner.learned_version = load_learned(
+                    settings.checkpoint, settings.reuse, settings.device, settings.threads)
             except Exception as e:  # any load failure means: serve the fallback, say why
                 planner.load_error = f"checkpoint {settings.checkpoint} did not load: {type(e).__name__}: {e}"
                 log.error("%s; serving the fallback heuristic", planner.load_error)
@@ -78,7 +80,7 @@ class Planner:
         s = self.settings
         planned = requests.build(req, now, s.window, live.nodes, s.busy_guess_s, s.gpu_saturated_util)
         plan, info = self._decide(planned)
-        decisions = planning.to_decisions(planned, plan, {})
+        decisions = planning.to_decisions(planned, plan)
         for d in decisions:
             telemetry.decisions.labels(info.name, d.action).inc()
         used = self.metrics_client is not None and live.error is None

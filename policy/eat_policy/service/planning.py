@@ -32,6 +32,8 @@ class Dispatch:
     row: int
     decision: Decision
     placement: physics.Placement
+    attention: tuple[np.ndarray, dict[int, float]] | None = None
+    """The learned policy's attention for this job: over nodes (N,), over other jobs (by id)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,8 @@ def plan_snapshot(snap: Snapshot, policy: base.Policy, strict: bool) -> Plan:
                 raise PolicyFailed(f"infeasible decision: {problem}")
             raise RuntimeError(f"fallback heuristic proposed an infeasible decision: {problem}")
         placement = _physics.estimate(snap, d.job, d.gpus)
-        out.append(Dispatch(rows[d.job], d, placement))
+        attention = getattr(policy, "attention", None)
+        out.append(Dispatch(rows[d.job], d, placement, attention(int(snap.job_id[d.job])) if attention else None))
         snap = _apply(snap, d, placement)
         del rows[d.job]
     return Plan(out, snap, rows)
@@ -106,22 +109,52 @@ def explain(snap: Snapshot, d: Dispatch) -> list[str]:
     lines = []
     for n in dict.fromkeys(int(snap.gpu_node[g]) for g in d.decision.gpus):
         mine = [g for g in d.decision.gpus if snap.gpu_node[g] == n]
-        if all(snap.gpu_resident[g, m] for g in mine):
-            cache = "model warm in GPU memory"
-        elif snap.node_disk[n, m]:
-            cache = "model on local disk"
-        else:
-            cache = "model fetched from the store (cold)"
-        load = np.mean(snap.gpu_util[snap.slots[n, : snap.node_gpus[n]]])
-        lines.append(f"{snap.node_names[n]}: {cache}, {snap.node_type[n]} ×{len(mine)}, GPUs {load:.0%} busy")
+        lines.append(f"{snap.node_names[n]}: {_cache_words(snap, n, m, mine)}, {snap.node_type[n]} ×{len(mine)}, "
+                     f"GPUs {_busy_share(snap, n):.0%} busy")
     k = d.decision.k
     lines.append(f"{k} patch{'es' if k > 1 else ''}, {d.decision.steps} steps: "
                  f"predicted {d.placement.duration_s(d.decision.steps):.1f} s")
     return lines
 
 
-def to_decisions(planned: requests.Planned, plan: Plan, extra: dict[int, list[str]]) -> list[api.JobDecision]:
+def explain_attention(snap: Snapshot, d: Dispatch, job_names: dict[int, str], top: int = 3) -> list[str]:
+    """The learned policy's top attention weights over nodes and over the other queued jobs."""
+    if d.attention is None:
+        return []
+    over_nodes, over_jobs = d.attention
+    m = int(snap.job_model[d.row])
+    nodes = []
+    for n in np.argsort(-over_nodes, kind="stable")[:top]:
+        n = int(n)
+        idle = int(np.count_nonzero(snap.gpu_free_at[snap.slots[n, : snap.node_gpus[n]]] <= snap.now))
+        nodes.append(f"{snap.node_names[n]} {over_nodes[n]:.0%} ({_cache_words(snap, n, m)}, "
+                     f"{idle}/{snap.node_gpus[n]} GPUs idle)")
+    lines = [f"attention over nodes (uniform {1 / snap.n_nodes:.0%}): " + "; ".join(nodes)]
+    if over_jobs:
+        ranked = sorted(over_jobs.items(), key=lambda kv: -kv[1])[:top]
+        lines.append(f"attention over queued jobs (uniform {1 / (len(over_jobs) + 1):.0%}): "
+                     + ", ".join(f"{job_names.get(i, i)} {w:.0%}" for i, w in ranked))
+    return lines
+
+
+def _cache_words(snap: Snapshot, n: int, m: int, gpus: list[int] | None = None) -> str:
+    gpus = list(snap.slots[n, : snap.node_gpus[n]]) if gpus is None else gpus
+    if all(snap.gpu_resident[g, m] for g in gpus):
+        return "model warm in GPU memory"
+    if any(snap.gpu_resident[g, m] for g in gpus):
+        return "model warm on some GPUs"
+    if snap.node_disk[n, m]:
+        return "model on local disk"
+    return "model fetched from the store (cold)"
+
+
+def _busy_share(snap: Snapshot, n: int) -> float:
+    return float(np.mean(snap.gpu_util[snap.slots[n, : snap.node_gpus[n]]]))
+
+
+def to_decisions(planned: requests.Planned, plan: Plan) -> list[api.JobDecision]:
     snap = planned.snapshot
+    job_names = {int(i): planned.jobs[row].id for row, i in enumerate(snap.job_id)}
     out = []
     done = {d.row: d for d in plan.dispatches}
     for row, job in enumerate(planned.jobs):
@@ -136,7 +169,7 @@ def to_decisions(planned: requests.Planned, plan: Plan, extra: dict[int, list[st
             nodes=[snap.node_names[snap.gpu_node[g]] for g in d.decision.gpus], steps=steps,
             predicted_latency_s=round(d.placement.duration_s(steps), 3),
             predicted_quality=round(_physics.quality(snap, row, steps), 4),
-            cache=d.placement.cache, explanation=extra.get(row, []) + explain(snap, d),
+            cache=d.placement.cache, explanation=explain(snap, d) + explain_attention(snap, d, job_names),
         ))
     for job in planned.overflow:
         out.append(api.JobDecision(job=job.id, action="wait", reason="beyond the planning window; older jobs first"))

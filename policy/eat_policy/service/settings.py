@@ -17,7 +17,11 @@ class Settings(BaseSettings):
     fallback_policy: str = "edf-cache"
     """The heuristic that answers when the learned policy cannot (the strongest one measured)."""
     device: str = "cpu"
-    """Torch device for the learned policy. Decisions take milliseconds on CPU."""
+    """Torch device for the learned policy (``cpu``, ``cuda``, ``cuda:1``). Decisions take
+    milliseconds on CPU; an unusable device means the checkpoint does not load (fallback)."""
+    threads: int = Field(default=1, ge=1, le=256)
+    """Torch CPU threads. One keeps latency predictable next to other processes (measured:
+    the default, one per core, gave p99 ~1 s on a busy 2-core machine)."""
     prometheus_url: str | None = None
     """Prometheus base URL, e.g. http://prometheus:9090. None: plan from the request alone."""
     prometheus_timeout_s: float = Field(default=0.3, gt=0)
@@ -30,6 +34,9 @@ class Settings(BaseSettings):
     """Label carrying the node name on DCGM series (the exporter's default)."""
     busy_guess_s: float = Field(default=30.0, ge=0)
     """When a busy GPU's release time is unknown, assume it frees this far ahead."""
+    reuse: int = Field(default=32, ge=1, le=1024)
+    """Dispatches taken from one pass of the learned policy at the same instant before it runs
+    again (1: a fresh pass per dispatch). Bounds request latency; see the README for its cost."""
     window: int = Field(default=32, ge=1, le=1024)
     """Jobs the policy considers per request (oldest first); the rest wait."""
 

@@ -1,5 +1,7 @@
 """The EAT agent and its ablations: shapes for any N and J, masking, seeds, checkpoints."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,82 @@ def test_warm_group_features_mark_ready_gangs() -> None:
     extra = nets.warm_group_features(sim.snapshot())
     assert extra[[0, 1], nets.N_K].all() and not extra[[2, 3], nets.N_K].any()
     assert not extra[:, 1].any()  # the pair is busy, so not ready yet
+
+
+class _CountingActor(torch.nn.Module):
+    """Wraps an actor and counts its forward passes (the encoder is reached through it)."""
+
+    def __init__(self, actor: nets.Actor) -> None:
+        super().__init__()
+        self.inner, self.encoder, self.calls = actor, actor.encoder, 0
+
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def _episode(policy: eat_agent.LearnedPolicy, scenario: scenarios.Scenario, seed: int = 0) -> list:
+    sim = engine.Simulator(scenario)
+    sim.reset(seed)
+    policy.reset(seed)
+    out = []
+    while not sim.done:
+        d = policy.decide(sim.snapshot())
+        sim.step(d)  # raises on anything infeasible
+        out.append(d)
+    return out
+
+
+def test_reuse_1_is_one_actor_pass_per_decision_and_matches_act(small_edge: scenarios.Scenario) -> None:
+    actor = _CountingActor(make_actor())
+    policy = eat_agent.LearnedPolicy("eat", actor=actor)  # type: ignore[arg-type]
+    decisions = _episode(policy, small_edge)
+    assert actor.calls == len(decisions)
+    sim = engine.Simulator(small_edge)
+    sim.reset(0)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([0, 0xEA7]).generate_state(1)[0]))
+    for d in decisions:
+        expected, _, _, _ = eat_agent.act(actor.inner, sim.snapshot(), gen)
+        assert expected == d
+        sim.step(d)
+
+
+def test_reuse_takes_several_dispatches_of_one_instant_from_one_pass() -> None:
+    scenario = scenarios.edge(n_nodes=12, load=0.9, n_jobs=80, initial_queue=40)
+    snap = _snapshot(scenario, warm_steps=0)
+    actor = _CountingActor(make_actor())
+    policy = eat_agent.LearnedPolicy("eat", actor=actor, reuse=1000)  # type: ignore[arg-type]
+    policy.reset(0)
+    from eat_policy.service import planning  # applies each dispatch to the snapshot, as the service does
+
+    plan = planning.plan_snapshot(snap, policy, strict=True)
+    assert len(plan.dispatches) >= 3 and actor.calls == 1
+    gpus = [g for d in plan.dispatches for g in d.decision.gpus]
+    assert len(gpus) == len(set(gpus))  # the re-masking never hands a GPU out twice
+    # a new instant (or a job the pass never saw) runs the actor again
+    policy.decide(dataclasses.replace(snap, now=snap.now + 1.0))
+    assert actor.calls == 2
+    bounded = eat_agent.LearnedPolicy("eat", actor=actor, reuse=2)  # type: ignore[arg-type]
+    actor.calls = 0
+    plan = planning.plan_snapshot(snap, bounded, strict=True)
+    asked = len(plan.dispatches) + (plan.after.n_jobs > 0)  # the last ask answered "wait"
+    assert actor.calls == (asked + 1) // 2
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attention_weights_of_a_decision(variant: str) -> None:
+    snap = _snapshot(scenarios.edge(n_nodes=6, initial_queue=10, n_jobs=20))
+    policy = eat_agent.LearnedPolicy(variant, actor=make_actor(variant))
+    policy.reset(0)
+    d = policy.decide(snap)
+    assert d is not None
+    att = policy.attention(int(snap.job_id[d.job]))
+    if variant == "d-sac":  # no attention layers, nothing to explain with
+        assert att is None
+        return
+    assert att is not None
+    over_nodes, over_jobs = att
+    assert over_nodes.shape == (snap.n_nodes,) and np.isclose(over_nodes.sum(), 1.0, atol=1e-5)
+    assert set(over_jobs) == {int(i) for i in snap.job_id} - {int(snap.job_id[d.job])}
+    assert all(w >= 0 for w in over_jobs.values()) and sum(over_jobs.values()) <= 1.0 + 1e-5
+    assert policy.attention(10**9) is None  # a job the policy never saw

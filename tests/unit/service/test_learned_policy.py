@@ -41,6 +41,19 @@ def test_shipped_checkpoint_answers_with_feasible_plans(planner: Planner) -> Non
     assert used and used.get("a100", 0) <= 4 and used.get("l4", 0) <= 2  # no GPU given twice
 
 
+def test_learned_decisions_are_explained_by_their_attention(planner: Planner) -> None:
+    body = planner.plan(request())
+    dispatched = [d for d in body.decisions if d.action == "dispatch"]
+    assert dispatched
+    for d in dispatched:
+        nodes_line = next(line for line in d.explanation if line.startswith("attention over nodes (uniform 50%): "))
+        # both nodes, ranked, with the weight and the node's state in words
+        assert nodes_line.count("%") == 3 and "a100" in nodes_line and "l4" in nodes_line
+        assert "GPUs idle" in nodes_line and "model" in nodes_line
+        jobs_line = next(line for line in d.explanation if line.startswith("attention over queued jobs (uniform 33%): "))
+        assert d.job not in jobs_line and "ns/j" in jobs_line
+
+
 def test_a_policy_that_raises_is_replaced_by_the_fallback(planner: Planner, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(snap):  # type: ignore[no-untyped-def]
         raise RuntimeError("nan in the actor")
