@@ -41,8 +41,9 @@ RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/infere
 # The planning service; the shipped checkpoint comes with the package
 # (eat_policy/checkpoints). Mount another and set EAT_POLICY_CHECKPOINT to replace it.
 FROM base AS policy
+ARG PYTHON
 COPY --from=build-policy /opt/eat /opt/eat
-ENV EAT_POLICY_CHECKPOINT=/opt/eat/lib/python3.11/site-packages/eat_policy/checkpoints/eat-edge.pt
+ENV EAT_POLICY_CHECKPOINT=/opt/eat/lib/python${PYTHON}/site-packages/eat_policy/checkpoints/eat-edge.pt
 USER 10001:10001
 EXPOSE 8000
 ENTRYPOINT ["eat-policy", "serve", "--port", "8000"]

@@ -305,6 +305,17 @@ def joint_log_probs(u: torch.Tensor, v: torch.Tensor, w: torch.Tensor, mask: tor
     return torch.cat([w[:, None], logits], 1).log_softmax(-1)
 
 
+def greedy_index(logp: torch.Tensor) -> int:
+    """The most probable option of a (1 + J·N·K·S,) log-probability vector, decided top-down:
+    wait if P(wait) > P(dispatch anything), else the most probable dispatch. A flat argmax
+    would wait whenever waiting beats every single one of the thousands of dispatch options,
+    even when dispatching is far more probable overall (measured: a clone of edf-cache, which
+    waits at 49% of its decision points, starved its queue: 674 s mean response vs 5.7 s)."""
+    if logp.numel() == 1 or logp[0].exp() > 0.5:
+        return 0
+    return 1 + int(logp[1:].argmax())
+
+
 def decode(index: int, j: int, n: int) -> tuple[int, int, int, int] | None:
     """Flat option index → (job, anchor node, k index, steps bin), or None for wait."""
     if index == 0:

@@ -49,3 +49,16 @@ def test_copy_sources_exist_and_no_weights_are_copied() -> None:
     for src in re.findall(r"^COPY (?!--from)(\S+)", DOCKERFILE, re.M):
         assert (ROOT / src).exists(), src
     assert not re.search(r"\.(safetensors|bin|ckpt)\b", DOCKERFILE)
+
+
+def test_the_shipped_checkpoint_path_follows_the_python_version() -> None:
+    body = stage("policy")
+    env = re.search(r"^ENV EAT_POLICY_CHECKPOINT=(\S+)", body, re.M)
+    assert env, "the policy image names its shipped checkpoint"
+    assert "ARG PYTHON" in body.split("ENV EAT_POLICY_CHECKPOINT")[0]
+    python = re.search(r"^ARG PYTHON=(\S+)", DOCKERFILE, re.M)
+    assert python
+    path = env.group(1).replace("${PYTHON}", python.group(1))
+    assert re.fullmatch(r"/opt/eat/lib/python\d+\.\d+/site-packages/eat_policy/checkpoints/[\w.-]+\.pt", path)
+    shipped = ROOT / "policy" / path.split("site-packages/")[1]
+    assert shipped.is_file()

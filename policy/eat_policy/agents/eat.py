@@ -74,7 +74,7 @@ def act(
         u, v, w = actor(o, generator, shuffle_state=shuffle_state)
         logp = nets.joint_log_probs(u, v, w, nets.option_mask(o))[0]
         if greedy:
-            index = int(logp.argmax())
+            index = nets.greedy_index(logp)
         else:
             index = int(torch.multinomial(logp.exp(), 1, generator=generator))
     option = nets.decode(index, snap.n_jobs, snap.n_nodes)
@@ -114,7 +114,7 @@ class Instant:
         job_mask, k_mask, free = nets.features.masks(snap)
         mask = torch.from_numpy(job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None])
         logp = nets.joint_log_probs(self.u[None, rows], self.v[None, rows], self.w, mask[None])[0]
-        option = nets.decode(int(logp.argmax()), snap.n_jobs, snap.n_nodes)
+        option = nets.decode(nets.greedy_index(logp), snap.n_jobs, snap.n_nodes)
         if option is None:
             return None
         pointer = self.v[rows[option[0]], :, option[2]].numpy()

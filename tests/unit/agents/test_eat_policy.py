@@ -230,3 +230,11 @@ def test_attention_weights_of_a_decision(variant: str) -> None:
     assert set(over_jobs) == {int(i) for i in snap.job_id} - {int(snap.job_id[d.job])}
     assert all(w >= 0 for w in over_jobs.values()) and sum(over_jobs.values()) <= 1.0 + 1e-5
     assert policy.attention(10**9) is None  # a job the policy never saw
+
+
+def test_greedy_decides_wait_or_dispatch_first_then_the_best_dispatch() -> None:
+    # wait (0.4) beats every single dispatch option, but dispatching (0.6) is more likely
+    logp = torch.tensor([0.4, 0.1, 0.25, 0.15, 0.1]).log()
+    assert nets.greedy_index(logp) == 2
+    assert nets.greedy_index(torch.tensor([0.6, 0.1, 0.2, 0.1]).log()) == 0
+    assert nets.greedy_index(torch.tensor([0.0])) == 0  # nothing to dispatch
