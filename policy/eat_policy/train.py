@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import random
@@ -60,6 +61,8 @@ class Args:
     """Wall-clock budget; training stops (and saves) when it runs out. The issue's target is 30."""
     nodes: Optional[int] = None
     """Cluster size (default: 4 paper, 8 edge)."""
+    mode: str = "choose-k"
+    """Paper only: ``choose-k``, ``fixed-k`` (jobs bring k) or ``mixed`` (either, per episode)."""
     gamma: float = 0.99
     """Discount per decision (episodes are 40–600 decisions)."""
     tau: float = 0.005
@@ -112,16 +115,24 @@ class Args:
     """Replay capacity (transitions)."""
 
 
-def make_scenario(args: Args, point: float) -> scenarios.Scenario:
+def modes(args: Args) -> tuple[str, ...]:
+    if args.scenario != "paper":
+        return ("",)
+    return ("choose-k", "fixed-k") if args.mode == "mixed" else (args.mode,)
+
+
+def make_scenario(args: Args, point: float, mode: str = "choose-k") -> scenarios.Scenario:
     nodes = {"n_nodes": args.nodes} if args.nodes else {}
     if args.scenario == "paper":
-        return scenarios.paper(mode="choose-k", rate=point, **nodes)
+        return scenarios.paper(mode=mode, rate=point, **nodes)
     return scenarios.edge(load=point, **nodes)
 
 
 def make_env(args: Args, rng: np.random.Generator) -> sim_env.SchedulingEnv:
     lo, hi = args.points
-    return sim_env.SchedulingEnv(make_scenario(args, float(rng.uniform(lo, hi))))
+    point = float(rng.uniform(lo, hi))
+    mode = modes(args)[int(rng.integers(len(modes(args))))] if args.mode == "mixed" else modes(args)[0]
+    return sim_env.SchedulingEnv(make_scenario(args, point, mode))
 
 
 def time_in_system(env: sim_env.SchedulingEnv, t0: float, t1: float) -> float:
@@ -201,8 +212,8 @@ def greedy_eval(actor: nets.Actor, args: Args) -> dict[str, float]:
     """Held-out seeds 10⁵.. at each eval point: mean training return, response time, quality."""
     policy = eat_agent.LearnedPolicy(args.variant, actor=actor)
     rows: dict[str, list[float]] = {"resp_mean_s": [], "quality_mean": [], "deadline_attainment": [], "return": []}
-    for point in args.eval_points:
-        env = sim_env.SchedulingEnv(make_scenario(args, point))
+    for point, mode in itertools.product(args.eval_points, modes(args)):
+        env = sim_env.SchedulingEnv(make_scenario(args, point, mode))
         for s in range(args.eval_seeds):
             env.reset(seed=100_000 + s)
             policy.reset(100_000 + s)
@@ -515,6 +526,7 @@ def main(
     total_timesteps: Annotated[int, typer.Option(help="Environment steps (decisions).")] = 30_000,
     max_minutes: Annotated[float, typer.Option(help="Wall-clock budget in minutes.")] = 25.0,
     nodes: Annotated[Optional[int], typer.Option(help="Cluster size (default 4 paper, 8 edge).")] = None,
+    mode: Annotated[str, typer.Option(help="paper: choose-k, fixed-k or mixed (either, per episode).")] = "choose-k",
     learning_starts: int = 1_000,
     batch_size: int = 64,
     eval_every: int = 2_500,
@@ -533,8 +545,10 @@ def main(
         raise typer.BadParameter(f"scenario must be paper or edge, got {scenario!r}")
     if variant not in nets.VARIANTS:
         raise typer.BadParameter(f"variant must be one of {', '.join(nets.VARIANTS)}, got {variant!r}")
+    if mode not in ("choose-k", "fixed-k", "mixed"):
+        raise typer.BadParameter(f"mode must be choose-k, fixed-k or mixed, got {mode!r}")
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
-                max_minutes=max_minutes, nodes=nodes, learning_starts=learning_starts, batch_size=batch_size,
+                max_minutes=max_minutes, nodes=nodes, mode=mode, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 bc_updates=bc_updates, threads=threads, out=out, resume=resume, export=export)
     if quality_weight is not None:
