@@ -49,3 +49,41 @@ def test_mixed_mode_trains_on_both_paper_modes_and_evaluates_each() -> None:
 def test_cli_refuses_an_unknown_mode() -> None:
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--mode", "sometimes"], capture_output=True, text=True)
     assert r.returncode != 0 and "mode must be choose-k, fixed-k or mixed" in r.stderr
+
+
+def test_the_actor_loss_adds_the_weighted_clone_loss_on_the_heuristics_decisions() -> None:
+    import copy
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    from eat_policy import nets, train
+
+    torch.manual_seed(0)
+    args = train.Args(scenario="paper", points=(0.08, 0.08), batch_size=16, policy_frequency=1,
+                      bc_policy="cache-lct", bc_episodes=1, bc_weight=3.0, quality_weight=8.0, time_scale_s=10.0)
+    rng = np.random.default_rng(0)
+    env = train.make_env(args, rng)
+    env.reset(seed=1)
+    rb = train.ReplayBuffer(2000, nets.observe(env.sim.snapshot(), env.scenario.window))
+    nets_ = [nets.Actor("eat", d=32, dp=16), nets.Critic("eat", d=32, dp=16), nets.Critic("eat", d=32, dp=16)]
+    train._warm_start(args, rng, rb, nets_[0], nets_[1], nets_[2], copy.deepcopy(nets_[1]), copy.deepcopy(nets_[2]),
+                      torch.optim.Adam(nets_[0].parameters()), torch.optim.Adam(nets_[1].parameters()),
+                      torch.tensor(-3.0, requires_grad=True))
+    demos = copy.deepcopy(rb)
+
+    def actor_loss(with_demos: bool) -> float:
+        """One update from identical nets, batch and chain noise; only the demos differ."""
+        actor, q1, q2 = (copy.deepcopy(n) for n in nets_)
+        log_alpha = torch.tensor(-3.0, requires_grad=True)
+        r = np.random.default_rng(7)
+        torch.manual_seed(1)
+        out = train.sac_update(args, 0, rb, r, actor, q1, q2, copy.deepcopy(q1), copy.deepcopy(q2),
+                               torch.optim.Adam([*q1.parameters(), *q2.parameters()]),
+                               torch.optim.Adam(actor.parameters()), torch.optim.Adam([log_alpha]), log_alpha,
+                               demos if with_demos else None)
+        return out["actor"]
+
+    plain, cloned = actor_loss(False), actor_loss(True)
+    # the clone term is the heuristic's decisions' NLL under the actor: positive, of the order of log(#options)
+    assert 0.5 < (cloned - plain) / args.bc_weight < 10.0
