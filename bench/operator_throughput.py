@@ -2,7 +2,7 @@
 """Operator throughput on the real control plane: N AIGCJobs on M fake GPU nodes.
 
 Creates M kwok GPU nodes (hack/cluster/nodes.yaml pools, round robin), starts eat-operator
-(in-process planning unless --policy-url), creates N jobs in chunks, and watches pods.
+(in-process planning unless --policy-url), creates N jobs (8 creates in flight), and watches pods.
 A job counts as bound when all k pods of its group have a node (kube-scheduler bound them).
 Prints jobs/s from the first apply to the last job bound, and p50/p99 apply→bound.
 
@@ -11,12 +11,19 @@ Prints jobs/s from the first apply to the last job bound, and p50/p99 apply→bo
 
 Uses the local cluster of hack/cluster (started if needed; EAT_CLUSTER_DIR selects one), or
 --kubeconfig. Cleans up its namespace and nodes.
+
+Where the time went, printed after the figures: CPU seconds of the operator and (local
+cluster only) of each control-plane process during the run, and the API server's requests
+by resource and verb (``apiserver_request_total``, all clients) per job.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -32,7 +39,7 @@ sys.path.insert(0, str(ROOT / "hack" / "cluster"))
 sys.path.insert(0, str(ROOT / "operator"))
 import localcluster as lc  # noqa: E402
 
-from eat_operator import testing  # noqa: E402
+from eat_operator import kube, testing  # noqa: E402
 
 
 class BindWatch:
@@ -82,6 +89,72 @@ class BindWatch:
         self.proc.terminate()
 
 
+def _cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a live process, from /proc (None if it is gone)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _component_pids() -> dict[str, int]:
+    """The local cluster's processes (empty when the cluster is not ours)."""
+    lay = lc.Layout(lc.state_dir())
+    out = {}
+    for name in lc.CORE + lc.ADDONS:
+        pid = lc.running(lay, name)
+        if pid is not None:
+            out[name] = pid
+    return out
+
+
+REQUEST_RE = re.compile(r'^apiserver_request_total\{(.*)\} (\S+)$')
+
+
+def _api_requests(kubeconfig: str) -> dict[tuple[str, str], float]:
+    """apiserver_request_total summed by (resource[/subresource], verb), all clients."""
+    text = lc.kubectl("get", "--raw", "/metrics", kubeconfig=kubeconfig, check=False).stdout
+    out: dict[tuple[str, str], float] = defaultdict(float)
+    for line in text.splitlines():
+        m = REQUEST_RE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("verb") in ("WATCH", "CONNECT"):
+            continue
+        res = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+        out[(res, labels.get("verb", ""))] += float(m.group(2))
+    return out
+
+
+async def _apply(kubeconfig: str, ns: str, jobs: int, concurrency: int, rate: float, t_start: float,
+                 applied: dict[str, float]) -> None:
+    """Create the jobs, ``concurrency`` requests in flight; applied[name] = when its create was sent."""
+    client = kube.Client.from_kubeconfig(kubeconfig, concurrency)
+    url = kube.path("eat.aigc.io", "v1alpha1", "aigcjobs", ns)
+    models = ("sd15", "sdxl-turbo", "sdxl")
+    todo = iter(range(jobs))
+
+    async def worker() -> None:
+        for i in todo:
+            if rate > 0:
+                await asyncio.sleep(max(0.0, i / rate - (time.time() - t_start)))
+            name = f"j-{i:05d}"
+            body = {"apiVersion": "eat.aigc.io/v1alpha1", "kind": "AIGCJob", "metadata": {"name": name},
+                    "spec": {"prompt": f"bench image {name}", "model": models[i % 3], "deadlineSeconds": 60}}
+            applied[name] = time.time()
+            await client.create(url, body)
+
+    try:
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+    finally:
+        await client.close()
+
+
 def _free_port() -> int:
     import socket
 
@@ -94,7 +167,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--nodes", type=int, default=100)
-    ap.add_argument("--chunk", type=int, default=50, help="jobs per create call")
+    ap.add_argument("--apply-concurrency", type=int, default=8,
+                    help="job creates in flight (kubectl's one at a time could not keep up with the operator)")
     ap.add_argument("--rate", type=float, default=0.0, help="apply at most this many jobs/s (0: as fast as possible)")
     ap.add_argument("--policy-url", default="", help="policy service; empty: the operator plans in-process")
     ap.add_argument("--sim-scale", type=float, default=0.02, help="fake pod run time = predicted latency x this")
@@ -123,22 +197,18 @@ def main() -> int:
     }, metrics_port=_free_port()).start()
     watch = BindWatch(kubeconfig, ns)
     applied: dict[str, float] = {}
+    pids = {"operator": op.proc.pid if op.proc else None, "bench kubectl watch": watch.proc.pid,
+            **_component_pids()}
+    cpu0: dict[str, float | None] = {}
+    cpu1: dict[str, float | None] = {}
+    req0: dict[tuple[str, str], float] = {}
+    req1: dict[tuple[str, str], float] = {}
     try:
         time.sleep(3.0)  # the operator's initial list and watch
-        models = ("sd15", "sdxl-turbo", "sdxl")
+        cpu0 = {n: _cpu_s(p) for n, p in pids.items()}
+        req0 = _api_requests(kubeconfig)
         t_start = time.time()
-        for c in range(0, a.jobs, a.chunk):
-            names = [f"j-{i:05d}" for i in range(c, min(c + a.chunk, a.jobs))]
-            items = [{"apiVersion": "eat.aigc.io/v1alpha1", "kind": "AIGCJob", "metadata": {"name": n},
-                      "spec": {"prompt": f"bench image {n}", "model": models[i % 3], "deadlineSeconds": 60}}
-                     for i, n in zip(range(c, c + len(names)), names)]
-            t0 = time.time()
-            lc.kubectl("create", "-n", ns, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                         "items": items}), **kc)
-            for n in names:
-                applied[n] = t0
-            if a.rate > 0:
-                time.sleep(max(0.0, (c + len(names)) / a.rate - (time.time() - t_start)))
+        asyncio.run(_apply(kubeconfig, ns, a.jobs, a.apply_concurrency, a.rate, t_start, applied))
         t_applied = time.time()
         deadline = time.monotonic() + a.timeout
         while len(watch.jobs_bound()) < a.jobs and time.monotonic() < deadline:
@@ -146,6 +216,8 @@ def main() -> int:
                 raise SystemExit(f"operator exited:\n{op.log_tail()}")
             time.sleep(0.5)
         bound = watch.jobs_bound()
+        cpu1 = {n: _cpu_s(p) for n, p in pids.items()}
+        req1 = _api_requests(kubeconfig)
         try:
             wanted = ("eat_operator_decisions_total", "eat_operator_cycle_duration_seconds_sum",
                       "eat_operator_cycle_duration_seconds_count", "eat_operator_plan_duration_seconds_sum",
@@ -170,6 +242,17 @@ def main() -> int:
     print(f"  apply->bound latency: p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {lat[-1]:.2f} s")
     for ln in stats:
         print(f"  {ln}")
+    wall = max(bound.values()) - t_start
+    used = {n: cpu1[n] - cpu0[n] for n in pids if cpu0.get(n) is not None and cpu1.get(n) is not None}
+    if used:
+        print(f"  CPU seconds over the run ({wall:.1f} s wall, {os.cpu_count()} cores; load {os.getloadavg()[0]:.2f}): "
+              + ", ".join(f"{n} {c:.1f}" for n, c in sorted(used.items(), key=lambda kv: -kv[1])))
+    delta = {k: req1[k] - req0.get(k, 0.0) for k in req1 if req1[k] - req0.get(k, 0.0) >= 1}
+    if delta:
+        total = sum(delta.values())
+        print(f"  API requests during the run: {total:.0f} ({total / max(len(bound), 1):.1f} per job); top:")
+        for (res, verb), n in sorted(delta.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"    {verb:6s} {res:28s} {n:7.0f}  ({n / max(len(bound), 1):.2f}/job)")
     print(f"  operator log: {log}")
     return 0 if len(bound) == a.jobs else 2
 

@@ -104,17 +104,19 @@ class PolicyClient:
         return self._planner
 
 
-def select_pending(snap: snapshot.ClusterSnapshot, models: dict[str, tuple[int, int]]
+def select_pending(snap: snapshot.ClusterSnapshot, models: dict[str, tuple[int, int]],
+                   parse: Callable[[Obj], spec_mod.JobSpec] | None = None
                    ) -> tuple[list[tuple[snapshot.JobView, spec_mod.JobSpec]],
                               list[tuple[snapshot.JobView, spec_mod.InvalidSpec]]]:
     """Jobs waiting for a plan whose old pods are all gone, valid and invalid, in queue order
-    (priority first, then arrival)."""
+    (priority first, then arrival). ``parse``: a ``spec.Parsed`` over the same models."""
+    parse = parse or spec_mod.Parsed(models)
     valid, invalid = [], []
     for job in snap.jobs.values():
         if job.phase != "Pending" or job.deleting or snap.pods_of(job):
             continue
         try:
-            valid.append((job, spec_mod.parse(job.body, models)))
+            valid.append((job, parse(job.body)))
         except spec_mod.InvalidSpec as e:
             invalid.append((job, e))
     valid.sort(key=lambda js: (-js[1].priority, js[0].created, js[0].namespace, js[0].name))
@@ -142,6 +144,10 @@ class Dispatcher:
         self.nodes = Store()
         self.wake = asyncio.Event()
         self.models = spec_mod.known_models(s.models)
+        self.parse = spec_mod.Parsed(self.models)
+        self._pending_at: dict[tuple[str, str], float] = {}
+        """When each Pending job's reason was last written by us (see ``_pending``)."""
+        self._views = snapshot.ViewCache()
         self._services: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._building: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -161,19 +167,21 @@ class Dispatcher:
 
     def take_snapshot(self) -> snapshot.ClusterSnapshot:
         return snapshot.build(self.nodes.values(), self.pods.values(), self.jobs.values(), self.clock(),
-                              self.s.node_selector, self.s.tolerations)
+                              self.s.node_selector, self.s.tolerations, self._views)
 
     async def _relist_until_done(self) -> None:
         while True:
             try:
                 await self.relist()
                 return
-            except (kube.ApiError, httpx.HTTPError, OSError) as e:
+            except (kube.ApiError, OSError) as e:
                 log.warning("relist failed, retrying: %s", e)
                 await asyncio.sleep(1.0)
 
     async def run(self, is_leader: Callable[[], bool], leader_changed: asyncio.Event) -> None:
-        await self._relist_until_done()
+        # The in-process planner imports numpy and the policy's agents (a second or two on a
+        # busy node): build it now, beside the first relist, not in the first batch's path.
+        await asyncio.gather(self._relist_until_done(), asyncio.to_thread(self.policy.local))
         last_relist = time.monotonic()
         log.info("dispatcher started: %d jobs, %d GPU pods, %d nodes", len(self.jobs), len(self.pods),
                  len(self.nodes))
@@ -186,7 +194,7 @@ class Dispatcher:
             t0 = time.perf_counter()
             try:
                 await self.cycle()
-            except (kube.ApiError, httpx.HTTPError, OSError) as e:
+            except (kube.ApiError, OSError) as e:
                 log.warning("cycle failed, next one retries: %s", e)
                 await asyncio.sleep(1.0)
             metrics.cycle_seconds.observe(time.perf_counter() - t0)
@@ -200,7 +208,7 @@ class Dispatcher:
                 try:
                     await self.relist()
                     last_relist = time.monotonic()
-                except (kube.ApiError, httpx.HTTPError, OSError) as e:
+                except (kube.ApiError, OSError) as e:
                     log.warning("relist failed, kept the cache: %s", e)
 
     async def cycle(self) -> None:
@@ -215,7 +223,7 @@ class Dispatcher:
             if job.key in self._building:
                 continue
             try:
-                spec = spec_mod.parse(job.body, self.models)
+                spec = self.parse(job.body)
             except spec_mod.InvalidSpec as e:
                 if job.phase != "Failed":
                     work.append(self.execute(job, status.failed(job, snap.now, e.reason, str(e))))
@@ -223,27 +231,33 @@ class Dispatcher:
             step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s))
             if not step.empty:
                 work.append(self.execute(job, step, spec))
-        await _gather(work)
+        # Planning needs none of these writes: they touch jobs past Pending (or their leftover
+        # pods), never one a batch can pick, and free no GPU the snapshot still counts. So they
+        # run while the batches are planned.
+        reconciling = asyncio.ensure_future(_gather(work))
         t1 = time.perf_counter()
         batches = dispatched = 0
-        for _ in range(self.s.batches_per_cycle):
-            n = await self.dispatch_batch()
-            batches += 1
-            dispatched += n
-            if not n:
-                break
+        try:
+            for _ in range(self.s.batches_per_cycle):
+                n = await self.dispatch_batch()
+                batches += 1
+                dispatched += n
+                if not n:
+                    break
+        finally:
+            await reconciling
         if self._building:
             await asyncio.gather(*self._building.values(), return_exceptions=True)
         t2 = time.perf_counter()
         await self._mark_queued()
         if work or dispatched:
-            log.info("cycle: snapshot %.3f s; %d jobs reconciled in %.3f s; %d batches dispatched %d jobs in %.3f s",
-                     t_snap, len(work), t1 - t0 - t_snap, batches, dispatched, t2 - t1)
+            log.info("cycle: snapshot %.3f s; %d jobs reconciled and %d batches dispatched %d jobs in %.3f s",
+                     t_snap, len(work), batches, dispatched, t2 - t1)
 
     async def dispatch_batch(self) -> int:
         """Plan one batch of pending jobs; how many were dispatched."""
         snap = self.take_snapshot()
-        valid, invalid = select_pending(snap, self.models)
+        valid, invalid = select_pending(snap, self.models, self.parse)
         await _gather([self.execute(j, status.failed(j, snap.now, e.reason, str(e))) for j, e in invalid
                        if j.status.get("phase") != "Failed"])
         metrics.queue_depth.set(len(valid))
@@ -252,7 +266,7 @@ class Dispatcher:
         nodes = snap.node_infos()
         batch = valid[: self.s.batch_size]
         if not any(n.gpus_free > 0 and n.ready for n in nodes):
-            await _gather([self.execute(j, status.pending(j, snap.now, "no free GPU in the cluster"))
+            await _gather([self.execute(j, self._pending(j, snap.now, "no free GPU in the cluster"))
                            for j, _ in batch])
             return 0
         outcome = await self.policy.plan(plan_request(batch, nodes, snap.now, self.models))
@@ -269,20 +283,34 @@ class Dispatcher:
                                       snap.now)
                 work.append(self.execute(job, step, sp, background=True))
             else:
-                work.append(self.execute(job, status.pending(job, snap.now, f"held: {d.reason or 'by the policy'}",
-                                                             "Held")))
+                why = d.reason or "by the policy"
+                work.append(self.execute(job, self._pending(job, snap.now, why if why.startswith("held") else
+                                                            f"held: {why}", "Held")))
         await _gather(work)
         return dispatched
 
     async def _mark_queued(self) -> None:
         snap = self.take_snapshot()
-        await _gather([self.execute(j, status.pending(j, snap.now, "waiting for a plan"))
+        await _gather([self.execute(j, self._pending(j, snap.now, "waiting for a plan"))
                        for j in snap.jobs.values() if not j.status.get("phase") and not j.deleting])
+
+    def _pending(self, job: snapshot.JobView, now: float, message: str, reason: str = "Waiting") -> status.Step:
+        """``status.pending``, but a job already shown Pending gets a new reason at most every
+        ``pending_status_interval_s``: in a burst, held jobs' reasons change batch by batch."""
+        if job.status.get("phase") == "Pending" and now < self._pending_at.get(job.key, -1.0) + \
+                self.s.pending_status_interval_s:
+            return status.NOTHING
+        step = status.pending(job, now, message, reason)
+        if step.status is not None:
+            self._pending_at[job.key] = now
+        return step
 
     def _gauges(self, snap: snapshot.ClusterSnapshot) -> None:
         counts = {p: 0 for p in status.PHASES}
         for j in snap.jobs.values():
             counts[j.phase] = counts.get(j.phase, 0) + 1
+        self._pending_at = {k: t for k, t in self._pending_at.items()
+                            if k in snap.jobs and snap.jobs[k].phase == "Pending"}
         for phase, n in counts.items():
             metrics.jobs.labels(phase).set(n)
 
@@ -300,7 +328,7 @@ class Dispatcher:
             self._post_event(job, ev)
         if step.delete:
             await _gather([self._delete_pod(job.namespace, name) for name in step.delete])
-        if step.ensure_group and spec is not None and job.phase in ("Planned", "Scheduling"):
+        if step.ensure_group and spec is not None and job.phase in ("Planned", "Scheduling", "Running"):
             if background:  # a fresh plan: build its group while the next batch is planned
                 task = asyncio.get_running_loop().create_task(self.ensure_group(job, spec))
                 self._building[job.key] = task
@@ -346,8 +374,8 @@ class Dispatcher:
         return body
 
     async def ensure_group(self, job: snapshot.JobView, spec: spec_mod.JobSpec) -> None:
-        """Create what is missing of the group, lift the gates once all pods exist, then
-        move the job to Scheduling. Idempotent: names are fixed, 409 means it exists."""
+        """Create what is missing of the group and lift the gates once all pods exist.
+        Idempotent: names are fixed, 409 means it exists; with nothing missing, no request."""
         plan = job.plan or {}
         attempt = job.attempts
         svc_key = (job.namespace, job.name, job.uid)
@@ -374,10 +402,8 @@ class Dispatcher:
         if not ready:
             return
         await _gather([self._lift_gate(job.namespace, name) for name in gated])
-        if job.phase == "Planned":
-            latest = self.jobs.get(job.key)
-            if latest is not None:
-                await self.patch_status(snapshot.job_view(latest), status.scheduling(job, self.clock()))
+        # The next cycle moves the job on (status.reconcile): to Running if kube-scheduler
+        # bound the group meanwhile, else to Scheduling.
 
     async def _create_service(self, job: snapshot.JobView, key: tuple[str, str, str]) -> None:
         try:

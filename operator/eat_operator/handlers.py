@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import prometheus_client
@@ -76,11 +76,27 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf keeps a diff base (a deep copy of each object, compared on every event) for
+    change handlers; ours only observe raw events, so it was pure cost: about a tenth of
+    the operator's CPU in a 1,000-job burst. Nothing is stored; every event is "new"."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Our handlers are silent read-only observers: nothing for kopf to post as Events
     # (the dispatcher posts its own), and no progress to persist on the objects.
     settings.posting.enabled = False
+    settings.persistence.diffbase_storage = _NoDiffBase()
     memo.runtime = Runtime(settings_mod.Settings())
     await memo.runtime.start()
 
@@ -92,16 +108,19 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await runtime.stop()
 
 
+# Coroutines, not plain functions: kopf runs a plain function in a worker thread, which costs
+# a thread hop per event and would touch the read cache and the dispatcher's asyncio.Event
+# from outside the event loop (neither is thread-safe).
 @kopf.on.event(api.GROUP, api.CRD_VERSION, api.CRD_PLURAL)
-def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.dispatcher.observe("jobs", event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "pods")
-def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.dispatcher.observe("pods", event.get("type"), event["object"])
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.dispatcher.observe("nodes", event.get("type"), event["object"])

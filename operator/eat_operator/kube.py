@@ -2,21 +2,24 @@
 
 kopf's own client serves its watch streams; the dispatcher needs plain list/create/patch/
 delete at a high rate (several requests per job, hundreds of jobs per minute), so it talks
-to the API server through httpx with credentials loaded by the ``kubernetes`` package
-(kubeconfig or in-cluster service account). Objects stay dicts: the operator reads few
-fields and must not pay for full model (de)serialisation.
+to the API server through aiohttp (kopf's own HTTP stack, so no extra dependency) with
+credentials loaded by the ``kubernetes`` package (kubeconfig or in-cluster service
+account). aiohttp, not httpx: at a few hundred requests per second httpx spent about 1.3-2
+ms of CPU per request in its connection-pool bookkeeping, aiohttp 0.2 ms (measured against
+the local control plane, 1,000 GETs at 8 and 32 in flight). Objects stay dicts: the
+operator reads few fields and must not pay for full model (de)serialisation.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import ssl
 import urllib.parse
 from typing import Any
 
-import httpx
+import aiohttp
+import yarl
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
@@ -29,6 +32,12 @@ class ApiError(RuntimeError):
         self.status = status
         self.reason = reason
         self.message = message
+
+
+class TransportError(OSError):
+    """No answer from the API server (connection refused or reset, timeout, broken body).
+
+    An OSError, so callers that already treat socket errors as "retry later" need nothing new."""
 
 
 def load_configuration(kubeconfig: str | None) -> k8s_client.Configuration:
@@ -56,7 +65,9 @@ def path(group: str, version: str, plural: str, namespace: str | None = None, na
 
 
 class Client:
-    """Async JSON client. ``request`` raises ApiError for any non-2xx answer."""
+    """Async JSON client. ``request`` raises ApiError for any non-2xx answer and
+    TransportError when there is no answer. At most ``concurrency`` requests are in flight
+    (one kept-alive connection each); more wait for a free connection."""
 
     def __init__(self, cfg: k8s_client.Configuration, concurrency: int = 32, timeout_s: float = 30.0) -> None:
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
@@ -65,36 +76,53 @@ class Client:
             ctx.verify_mode = ssl.CERT_NONE
         if cfg.cert_file:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-        headers = {"Accept": "application/json", "User-Agent": "eat-operator"}
+        self._ssl = ctx
+        self._headers = {"Accept": "application/json", "User-Agent": "eat-operator"}
         token = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
         if token:
-            headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
-        self._http = httpx.AsyncClient(
-            base_url=cfg.host, verify=ctx, headers=headers, timeout=timeout_s,
-            limits=httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8),
-        )
-        self._sem = asyncio.Semaphore(concurrency)
+            self._headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
+        self._base = str(cfg.host).rstrip("/")
+        self._concurrency = concurrency
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None, concurrency: int = 32) -> Client:
         return cls(load_configuration(kubeconfig), concurrency)
 
+    def _http(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running event loop (aiohttp binds the session to it).
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout, json_serialize=json.dumps,
+                connector=aiohttp.TCPConnector(limit=self._concurrency, ssl=self._ssl, keepalive_timeout=30),
+            )
+        return self._session
+
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def request(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
                       params: dict[str, str] | None = None) -> Obj:
-        headers = {"Content-Type": content_type} if body is not None else {}
+        headers = {"Content-Type": content_type} if body is not None else None
         data = json.dumps(body).encode() if body is not None else None
-        async with self._sem:
-            r = await self._http.request(method, url, content=data, headers=headers, params=params)
-        if r.status_code >= 300:
+        target = yarl.URL(self._base + url, encoded=True)
+        if params:
+            target = target.update_query(params)
+        try:
+            async with self._http().request(method, target, data=data, headers=headers) as r:
+                status, content = r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise TransportError(f"{method} {url}: {type(e).__name__}: {e}") from e
+        if status >= 300:
+            text = content.decode(errors="replace")
             try:
-                status = r.json()
-                raise ApiError(r.status_code, str(status.get("reason", "")), str(status.get("message", r.text)))
-            except ValueError:
-                raise ApiError(r.status_code, "", r.text[:500]) from None
-        out: Obj = r.json() if r.content else {}
+                st = json.loads(content)
+                raise ApiError(status, str(st.get("reason", "")), str(st.get("message", text)))
+            except (ValueError, AttributeError):
+                raise ApiError(status, "", text[:500]) from None
+        out: Obj = json.loads(content) if content else {}
         return out
 
     async def list(self, url: str, label_selector: str | None = None, field_selector: str | None = None) -> Obj:

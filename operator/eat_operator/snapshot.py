@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from eat_policy import api
 
 from eat_operator import kube
 
 Obj = dict[str, Any]
+
+V = TypeVar("V")
 
 ACTIVE = ("Planned", "Scheduling", "Running")
 TERMINAL = ("Succeeded", "Failed")
@@ -258,25 +260,50 @@ def _matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+class ViewCache:
+    """The views of the last snapshot, reused for API objects that did not change.
+
+    The read cache replaces an object's dict whenever it changes, so identity tells a
+    changed object from an unchanged one. A dispatcher builds several snapshots a cycle
+    over thousands of pods; most are the same objects as last time."""
+
+    def __init__(self) -> None:
+        self._views: dict[int, tuple[Obj, Any]] = {}
+        self._next: dict[int, tuple[Obj, Any]] = {}
+
+    def view(self, obj: Obj, make: Callable[[Obj], V]) -> V:
+        hit = self._views.get(id(obj))
+        v: V = hit[1] if hit is not None and hit[0] is obj else make(obj)
+        self._next[id(obj)] = (obj, v)
+        return v
+
+    def swap(self) -> None:
+        """End of a build: keep only the objects it saw."""
+        self._views, self._next = self._next, {}
+
+
 def build(nodes: Iterable[Obj], pods: Iterable[Obj], jobs: Iterable[Obj], now: float,
-          node_selector: Mapping[str, str] | None = None, tolerations: Iterable[Obj] = ()) -> ClusterSnapshot:
-    """The snapshot of these API objects at ``now`` (Unix seconds)."""
+          node_selector: Mapping[str, str] | None = None, tolerations: Iterable[Obj] = (),
+          cache: ViewCache | None = None) -> ClusterSnapshot:
+    """The snapshot of these API objects at ``now`` (Unix seconds). ``cache`` must be used
+    with the same selector and tolerations every time."""
     tol = list(tolerations)
     selector = node_selector or {}
+    views = cache or ViewCache()
     node_views = {}
     for n in nodes:
         if _matches((n.get("metadata") or {}).get("labels") or {}, selector):
-            v = node_view(n, tol)
+            v = views.view(n, lambda o: node_view(o, tol))
             node_views[v.name] = v
     job_views: dict[tuple[str, str], JobView] = {}
     for j in jobs:
-        jv = job_view(j)
+        jv = views.view(j, job_view)
         job_views[jv.key] = jv
     by_job: dict[tuple[str, str], list[PodView]] = defaultdict(list)
     others: list[PodView] = []
     models_on: dict[str, set[str]] = defaultdict(set)
     for p in pods:
-        pv = pod_view(p)
+        pv = views.view(p, pod_view)
         if pv.job is not None:
             by_job[(pv.namespace, pv.job)].append(pv)
             if pv.node and pv.model and pv.phase in ("Running", "Succeeded"):
@@ -288,6 +315,7 @@ def build(nodes: Iterable[Obj], pods: Iterable[Obj], jobs: Iterable[Obj], now: f
             nv = node_views[name]
             node_views[name] = dataclasses.replace(
                 nv, cached_models=tuple(sorted(set(nv.cached_models) | models)))
+    views.swap()
     return ClusterSnapshot(
         now=now, nodes=node_views, jobs=job_views,
         pods_by_job={k: tuple(sorted(v, key=lambda p: (p.rank if p.rank is not None else -1, p.name)))

@@ -152,12 +152,18 @@ def _placement(nodes: list[str]) -> str:
     return ",".join(n if c == 1 else f"{n} x{c}" for n, c in counts.items())
 
 
-def scheduling(job: snapshot.JobView, now: float) -> Obj:
-    """Status patch once the whole group exists and its gates are lifted."""
+def _released(job: snapshot.JobView, now: float) -> tuple[list[Obj], Obj]:
+    """Conditions and timestamps of a job whose whole group exists with its gates lifted."""
     conds = set_condition(job.status.get("conditions"), "GroupCreated", True, "GangReleased",
                           "all pods exist; scheduling gates lifted", now)
+    return conds, timestamps(job, "Scheduling", now)
+
+
+def scheduling(job: snapshot.JobView, now: float) -> Obj:
+    """Status patch once the whole group exists and its gates are lifted."""
+    conds, ts = _released(job, now)
     return {"phase": "Scheduling", "reason": "GangReleased", "message": "pod group created; waiting for binding",
-            "timestamps": timestamps(job, "Scheduling", now), "conditions": conds}
+            "timestamps": ts, "conditions": conds}
 
 
 def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
@@ -206,22 +212,27 @@ def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings
         return _teardown(job, snap, s, live, failure=True, reason="MemberLost",
                          message=f"pod {podgroup.pod_name(job.name, gone[0])} disappeared")
 
-    if phase == "Planned":  # the whole group (Service included) is made before anything else
-        return Step(delete=stale, ensure_group=True)
-    if len(current) == len(nodes) and all(p.phase == "Succeeded" for p in current.values()):
-        return _succeeded(job, now, output, stale)
     if len(current) < len(nodes) or any(p.gated for p in current.values()):
         return Step(delete=stale, ensure_group=True)
+    # The group exists and is released. A Planned job moves on here, in the cycle after its
+    # group was made (one status write less when kube-scheduler has bound it meanwhile); it
+    # still ensures the group, whose Service a restart may have left unmade.
+    released = phase == "Planned"
+    if len(current) == len(nodes) and all(p.phase == "Succeeded" for p in current.values()):
+        return dataclasses.replace(_succeeded(job, now, output, stale), ensure_group=released)
 
     all_bound = all(p.node for p in current.values())
-    if phase == "Scheduling" and all_bound:
+    if phase in ("Planned", "Scheduling") and all_bound:
         placement = _placement([current[r].node for r in range(len(nodes))])
-        conds = set_condition(job.status.get("conditions"), "Scheduled", True, "Scheduled", placement, now)
+        conds, ts = _released(job, now) if released else (job.status.get("conditions"), timestamps(job, "Running", now))
+        conds = set_condition(conds, "Scheduled", True, "Scheduled", placement, now)
         return Step(
             status={"phase": "Running", "reason": "Running", "message": f"running on {placement}",
-                    "timestamps": timestamps(job, "Running", now), "conditions": conds},
-            delete=stale, events=(Event("Normal", "Scheduled", f"pods bound to {placement}"),),
+                    "timestamps": {**ts, "running": stamp(now)}, "conditions": conds},
+            delete=stale, ensure_group=released, events=(Event("Normal", "Scheduled", f"pods bound to {placement}"),),
         )
+    if released:
+        return Step(status=scheduling(job, now), delete=stale, ensure_group=True)
     if phase == "Scheduling" and not all_bound:
         since = kube.parse_time((job.status.get("timestamps") or {}).get("scheduling")) or now
         if now - since > s.unschedulable_timeout_s:

@@ -53,3 +53,15 @@ def test_policy_down_plans_in_process_and_says_why() -> None:
         assert out.source == "in-process" and "unreachable" in (out.fallback_reason or "")
         assert out.response.decisions[0].action == "dispatch"
     assert second.duration_s < 0.5  # the service is not retried within retry_after_s
+
+
+def test_held_reasons_are_rewritten_at_most_every_interval(settings) -> None:  # type: ignore[no-untyped-def]
+    now = [T0]
+    d = dispatching.Dispatcher(settings, client=None, policy=None, clock=lambda: now[0])  # type: ignore[arg-type]
+    fresh = snapshot.job_view(job())
+    assert d._pending(fresh, T0, "waiting for a plan").status is not None  # first sight: always written
+    shown = snapshot.job_view(job(status={"phase": "Pending", "message": "waiting for a plan"}))
+    assert d._pending(shown, T0 + 1, "held: no idle GPU", "Held").empty
+    step = d._pending(shown, T0 + settings.pending_status_interval_s + 1, "held: no idle GPU", "Held")
+    assert step.status is not None and step.status["reason"] == "Held"
+

@@ -69,3 +69,15 @@ def test_pod_view_reads_failure_reason_and_gate() -> None:
     v = snapshot.pod_view(p)
     assert v.gated and v.phase == "Failed" and v.reason == "Error" and v.message == "boom"
     assert snapshot.is_relevant_pod(p) and not snapshot.is_relevant_pod(pod("cpu", job=None, gpus=0))
+
+
+def test_views_are_reused_for_unchanged_objects_only() -> None:
+    cache = snapshot.ViewCache()
+    a, p = node("a"), pod("j-0")
+    first = snapshot.build([a], [p], [], T0, cache=cache)
+    again = snapshot.build([a], [p], [], T0 + 1, cache=cache)
+    assert again.nodes["a"] is first.nodes["a"]
+    assert again.pods_by_job[("ns", "j")][0] is first.pods_by_job[("ns", "j")][0]
+    bound = pod("j-0", node="a", phase="Running")  # the watch delivers a new object
+    third = snapshot.build([a], [bound], [], T0 + 2, cache=cache)
+    assert third.pods_by_job[("ns", "j")][0].node == "a" and third.nodes["a"].cached_models == ("sd15",)

@@ -65,3 +65,16 @@ def test_store_relist_drops_what_the_list_proves_deleted() -> None:
     s.apply(None, obj("skip", "2"))
     s.replace([obj("kept", "8")], "10")
     assert {k[1] for k in [("ns", o["metadata"]["name"]) for o in s.values()]} == {"kept", "new"}
+
+
+def test_parsed_specs_are_remembered_per_generation() -> None:
+    parsed = spec_mod.Parsed(MODELS)
+    body = job(steps=12)
+    assert parsed(body) is parsed(job(steps=12))  # same uid and generation: not read again
+    body["metadata"]["generation"] = 2
+    body["spec"]["steps"] = 30
+    assert parsed(body).steps == 30
+    bad = job("bad", model="dalle-9")
+    for _ in range(2):
+        with pytest.raises(spec_mod.InvalidSpec, match="dalle-9"):
+            parsed(bad)

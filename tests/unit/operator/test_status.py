@@ -117,3 +117,18 @@ def test_conditions_keep_transition_time_when_unchanged() -> None:
     assert c2[0]["lastTransitionTime"] == c[0]["lastTransitionTime"] and c2[0]["message"] == "m2"
     c3 = status.set_condition(c2, "Planned", False, "R", "m", T0 + 60)
     assert c3[0]["lastTransitionTime"] != c[0]["lastTransitionTime"]
+
+
+def test_released_group_moves_on_in_the_next_cycle(settings) -> None:  # type: ignore[no-untyped-def]
+    # Unbound: Scheduling (which starts the unschedulable clock); the Service is still ensured.
+    unbound = [pod("j-0", rank=0), pod("j-1", rank=1)]
+    s = step(settings, active_status("Planned", ["a", "b"]), unbound)
+    assert s.status is not None and s.status["phase"] == "Scheduling" and s.ensure_group
+    assert "scheduling" in s.status["timestamps"]
+    # Bound before the operator looked again: straight to Running, one write instead of two.
+    bound = [pod("j-0", rank=0, node="a"), pod("j-1", rank=1, node="b")]
+    s = step(settings, active_status("Planned", ["a", "b"]), bound)
+    assert s.status is not None and s.status["phase"] == "Running" and s.events[0].reason == "Scheduled"
+    assert {"scheduling", "running"} <= set(s.status["timestamps"])
+    assert {c["type"] for c in s.status["conditions"]} >= {"GroupCreated", "Scheduled"}
+
