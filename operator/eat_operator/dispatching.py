@@ -148,6 +148,8 @@ class Dispatcher:
         self._pending_at: dict[tuple[str, str], float] = {}
         """When each Pending job's reason was last written by us (see ``_pending``)."""
         self._views = snapshot.ViewCache()
+        self._resting: dict[str, float] = {}
+        """Node → until when it is not offered to the policy (``Step.rest_nodes``)."""
         self._services: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._building: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -263,7 +265,7 @@ class Dispatcher:
         metrics.queue_depth.set(len(valid))
         if not valid:
             return 0
-        nodes = snap.node_infos()
+        nodes = self._offered(snap)
         batch = valid[: self.s.batch_size]
         if not any(n.gpus_free > 0 and n.ready for n in nodes):
             await _gather([self.execute(j, self._pending(j, snap.now, "no free GPU in the cluster"))
@@ -288,6 +290,11 @@ class Dispatcher:
                                                             f"held: {why}", "Held")))
         await _gather(work)
         return dispatched
+
+    def _offered(self, snap: snapshot.ClusterSnapshot) -> list[api.NodeInfo]:
+        """The nodes the policy may plan on: the snapshot's, less the resting ones."""
+        self._resting = {n: t for n, t in self._resting.items() if t > snap.now}
+        return [n for n in snap.node_infos() if n.name not in self._resting]
 
     async def _mark_queued(self) -> None:
         snap = self.take_snapshot()
@@ -326,8 +333,14 @@ class Dispatcher:
             self._count(job, step)
         for ev in step.events:
             self._post_event(job, ev)
-        if step.delete:
-            await _gather([self._delete_pod(job.namespace, name) for name in step.delete])
+        if step.rest_nodes:
+            until = self.clock() + self.s.unschedulable_rest_s
+            self._resting.update({n: until for n in step.rest_nodes})
+            log.info("nodes %s rest %.0f s: %s/%s stayed unbound on them", ",".join(step.rest_nodes),
+                     self.s.unschedulable_rest_s, job.namespace, job.name)
+        if step.delete or step.force_delete:
+            await _gather([self._delete_pod(job.namespace, name) for name in step.delete]
+                          + [self._delete_pod(job.namespace, name, force=True) for name in step.force_delete])
         if step.ensure_group and spec is not None and job.phase in ("Planned", "Scheduling", "Running"):
             if background:  # a fresh plan: build its group while the next batch is planned
                 task = asyncio.get_running_loop().create_task(self.ensure_group(job, spec))
@@ -441,11 +454,12 @@ class Dispatcher:
             return
         self.pods.apply(None, body)
 
-    async def _delete_pod(self, ns: str, name: str) -> None:
+    async def _delete_pod(self, ns: str, name: str, force: bool = False) -> None:
+        options: Obj = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if force:
+            options["gracePeriodSeconds"] = 0
         try:
-            body = await self.client.delete(kube.path("", "v1", "pods", ns, name),
-                                            {"kind": "DeleteOptions", "apiVersion": "v1",
-                                             "propagationPolicy": "Background"})
+            body = await self.client.delete(kube.path("", "v1", "pods", ns, name), options)
         except kube.ApiError as e:
             if e.status == 404:
                 self.pods.forget((ns, name))

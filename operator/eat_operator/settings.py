@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     """Re-plans for causes that are not the job's fault (unschedulable, node lost)."""
     unschedulable_timeout_s: float = Field(default=60.0, gt=0)
     """A group not fully bound this long after its gate was lifted is torn down and re-planned."""
+    unschedulable_rest_s: float = Field(default=120.0, ge=0)
+    """After that timeout, the nodes that kept the pods unbound are offered to no plan for
+    this long: what kept the pods off them (CPU, memory, pod slots, affinity) is not in the
+    snapshot, so the policy would pick them again and wait another timeout."""
 
     # --- leadership --------------------------------------------------------------------------
     leader_election: bool = True

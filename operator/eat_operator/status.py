@@ -40,15 +40,22 @@ class Step:
     status: Obj | None = None
     """Merge patch for ``.status`` (None: leave it)."""
     delete: tuple[str, ...] = ()
+    force_delete: tuple[str, ...] = ()
+    """Pods bound to a node that is gone or not Ready: no kubelet will ever confirm a graceful
+    delete, and the group's names stay taken until they are removed (grace period 0)."""
     ensure_group: bool = False
     """Create the missing pods and the Service, lift the gates once all exist, then Scheduling."""
     events: tuple[Event, ...] = ()
     retried: str | None = None
     """Why the group was torn down (for metrics), if it was."""
+    rest_nodes: tuple[str, ...] = ()
+    """Nodes that kept this group's pods unbound past the timeout, for a reason the snapshot
+    cannot see: the dispatcher offers them to no plan for a while."""
 
     @property
     def empty(self) -> bool:
-        return self.status is None and not self.delete and not self.ensure_group and not self.events
+        return (self.status is None and not self.delete and not self.force_delete and not self.ensure_group
+                and not self.events)
 
 
 NOTHING = Step()
@@ -169,7 +176,27 @@ def scheduling(job: snapshot.JobView, now: float) -> Obj:
 def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
               output: str) -> Step:
     """The next step for a job that is not waiting for a plan (phase past Pending), or one
-    that has leftover pods. Planning itself is ``dispatching``'s business."""
+    that has leftover pods. Planning itself is ``dispatching``'s business.
+
+    Pods on a lost node (gone or not Ready) are removed with grace period 0, those being
+    deleted already included: otherwise they would hold their names, and the job its next
+    plan, until the pod garbage collector or a returning kubelet let go of them."""
+    step = _next_step(job, snap, s, output)
+    lost = {p.name for p in snap.pods_of(job) if p.node and _node_lost(snap, p.node)}
+    if not lost:
+        return step
+    stuck = tuple(p.name for p in snap.pods_of(job) if p.deleting and p.name in lost)
+    return dataclasses.replace(step, delete=tuple(n for n in step.delete if n not in lost),
+                               force_delete=tuple(n for n in step.delete if n in lost) + stuck)
+
+
+def _node_lost(snap: snapshot.ClusterSnapshot, name: str) -> bool:
+    view = snap.nodes.get(name)
+    return view is None or not view.ready
+
+
+def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
+               output: str) -> Step:
     now = snap.now
     pods = snap.pods_of(job)
     phase = job.phase
@@ -207,6 +234,11 @@ def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings
             state = "is gone" if view is None else "is not Ready"
             return _teardown(job, snap, s, live, failure=False, reason="NodeLost",
                              message=f"node {where} of rank {rank} {state}")
+        if member is None or not member.node:  # not bound yet: its planned node must still be able to take it
+            unusable = _cannot_take(view, nodes.count(node))
+            if unusable:
+                return _teardown(job, snap, s, live, failure=False, reason="NodeUnschedulable",
+                                 message=f"node {node} of rank {rank} {unusable}")
     if phase == "Running" and len(current) < len(nodes):
         gone = sorted(set(range(len(nodes))) - set(current))
         return _teardown(job, snap, s, live, failure=True, reason="MemberLost",
@@ -236,10 +268,25 @@ def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings
     if phase == "Scheduling" and not all_bound:
         since = kube.parse_time((job.status.get("timestamps") or {}).get("scheduling")) or now
         if now - since > s.unschedulable_timeout_s:
-            waiting = [p.name for p in current.values() if not p.node]
-            return _teardown(job, snap, s, live, failure=False, reason="Unschedulable",
-                             message=f"pods {', '.join(waiting)} not bound after {now - since:.0f} s")
+            waiting = sorted((r, p.name) for r, p in current.items() if not p.node)
+            # Nothing the snapshot shows kept them off these nodes (CPU, memory, pod slots,
+            # affinity, or the extender holding a gang): re-planning onto them would only
+            # wait another timeout. A gang's healthy nodes rest too; the rest is short.
+            rest = tuple(sorted({nodes[r] for r, _ in waiting}))
+            st = _teardown(job, snap, s, live, failure=False, reason="Unschedulable",
+                           message=f"pods {', '.join(n for _, n in waiting)} not bound to {', '.join(rest)} "
+                                   f"after {now - since:.0f} s")
+            return dataclasses.replace(st, rest_nodes=rest)
     return Step(delete=stale) if stale else NOTHING
+
+
+def _cannot_take(view: snapshot.NodeView, ranks: int) -> str | None:
+    """Why a node can never bind a rank planned on it (the snapshot's view), or None."""
+    if not view.schedulable:
+        return "is cordoned or has a taint the pods do not tolerate"
+    if view.gpus_total < ranks:
+        return f"has {view.gpus_total} GPUs; the plan puts {ranks} ranks on it"
+    return None
 
 
 def _succeeded(job: snapshot.JobView, now: float, output: str, stale: tuple[str, ...]) -> Step:

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from datetime import datetime
+from datetime import timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,6 +85,56 @@ class Cluster:
     def events_for(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return self.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
 
+    def create_gpu_node(self, name: str, pool: str = "h100", gpus: int | None = None,
+                        labels: dict[str, str] | None = None, max_pods: int | None = None, kubelet: bool = True,
+                        timeout: float = DEFAULT_WAIT) -> str:
+        """One fake GPU node of a pool in hack/cluster/nodes.yaml, with extra labels, once it is
+        Ready. ``max_pods``: its pod slots (0: kube-scheduler can bind nothing there, which a
+        planner that counts GPUs cannot see). ``kubelet=False``: kwok does not run it; the
+        test writes its Ready condition, and pods bound there never start nor finish, as on
+        a node whose kubelet has died but not yet been noticed."""
+        defaults, pools = lc.load_node_pools()
+        m = lc.node_manifest(next(p for p in pools if p["name"] == pool), defaults, name, gpus)
+        m["metadata"]["labels"].update(labels or {})
+        if max_pods is not None:
+            for key in ("capacity", "allocatable"):
+                m["status"][key]["pods"] = str(max_pods)
+        if not kubelet:
+            del m["metadata"]["annotations"][lc.KWOK_NODE_ANNOTATION]
+            m["status"]["conditions"] = [self._ready_condition(True)]
+        self.kubectl("create", "-f", "-", input=json.dumps(m))
+        self.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p",
+                     json.dumps({"status": m["status"]}))
+
+        def ready() -> bool:
+            conds = self.get("node", name).get("status", {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+        wait_until(ready, f"node {name} Ready (is kwok running?)", timeout)
+        return name
+
+    @staticmethod
+    def _ready_condition(ready: bool) -> dict[str, str]:
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"type": "Ready", "status": "True" if ready else "False",
+                "reason": "KubeletReady" if ready else "KubeletStoppedPosting", "message": "set by a test",
+                "lastHeartbeatTime": now, "lastTransitionTime": now}
+
+    def set_not_ready(self, node: str) -> None:
+        """Ready=False through the status subresource; only for a node made with kubelet=False
+        (kwok would set its own nodes Ready again at once)."""
+        self.kubectl("patch", "node", node, "--subresource=status", "--type=strategic", "-p",
+                     json.dumps({"status": {"conditions": [self._ready_condition(False)]}}))
+
+    def set_gpus(self, node: str, gpus: int) -> None:
+        """The node's nvidia.com/gpu capacity and allocatable, as its device plugin would report them."""
+        res = {lc.GPU_RESOURCE: str(gpus)}
+        self.kubectl("patch", "node", node, "--subresource=status", "--type=merge", "-p",
+                     json.dumps({"status": {"capacity": res, "allocatable": res}}))
+
+    def taint(self, node: str, key: str, effect: str = "NoSchedule") -> None:
+        self.kubectl("taint", "node", node, f"{key}=true:{effect}")
+
 
 def pod_manifest(name: str, *, gpus: int | None = 1, scheduler: str = lc.EAT_SCHEDULER_NAME,
                  restart_policy: str = "Never", annotations: dict[str, str] | None = None,
@@ -107,3 +158,4 @@ def pod_manifest(name: str, *, gpus: int | None = 1, scheduler: str = lc.EAT_SCH
             "containers": [container],
         },
     }
+

@@ -65,3 +65,11 @@ def test_held_reasons_are_rewritten_at_most_every_interval(settings) -> None:  #
     step = d._pending(shown, T0 + settings.pending_status_interval_s + 1, "held: no idle GPU", "Held")
     assert step.status is not None and step.status["reason"] == "Held"
 
+
+def test_resting_nodes_are_not_offered_until_their_rest_ends(settings) -> None:  # type: ignore[no-untyped-def]
+    d = dispatching.Dispatcher(settings, client=None, policy=None)  # type: ignore[arg-type]
+    d._resting = {"b": T0 + 60}
+    snap = snapshot.build([node("a"), node("b")], [], [], T0)
+    assert [n.name for n in d._offered(snap)] == ["a"]
+    snap = snapshot.build([node("a"), node("b")], [], [], T0 + 61)
+    assert [n.name for n in d._offered(snap)] == ["a", "b"] and not d._resting

@@ -132,3 +132,37 @@ def test_released_group_moves_on_in_the_next_cycle(settings) -> None:  # type: i
     assert {"scheduling", "running"} <= set(s.status["timestamps"])
     assert {c["type"] for c in s.status["conditions"]} >= {"GroupCreated", "Scheduled"}
 
+
+def test_planned_node_that_can_no_longer_take_its_rank_replans_at_once(settings) -> None:  # type: ignore[no-untyped-def]
+    st = active_status("Scheduling", ["a", "b"])
+    pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1)]
+    tainted = node("b", taints=[{"key": "maintenance", "effect": "NoSchedule"}])
+    for b in (tainted, node("b", unschedulable=True), node("b", gpus=0)):
+        snap = snapshot.build([node("a"), b], pods, [job(status=st)], T0 + 5)
+        s = status.reconcile(snap.jobs[("ns", "j")], snap, settings, "o")
+        assert s.status is not None and s.status["phase"] == "Pending" and s.retried == "NodeUnschedulable"
+        assert s.status["replans"] == 1 and "node b of rank 1" in s.status["message"]
+    # A bound member keeps running on a node tainted after the fact.
+    pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1, node="b", phase="Running")]
+    snap = snapshot.build([node("a"), tainted], pods, [job(status=active_status("Running", ["a", "b"]))], T0 + 5)
+    assert status.reconcile(snap.jobs[("ns", "j")], snap, settings, "o").empty
+    # Two ranks planned on a node left with one GPU.
+    snap = snapshot.build([node("a", gpus=1)], [], [job(status=active_status("Planned", ["a", "a"]))], T0 + 5)
+    s = status.reconcile(snap.jobs[("ns", "j")], snap, settings, "o")
+    assert s.retried == "NodeUnschedulable" and "has 1 GPUs; the plan puts 2 ranks on it" in s.status["message"]
+
+
+def test_pods_on_a_lost_node_are_removed_without_grace(settings) -> None:  # type: ignore[no-untyped-def]
+    pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1, node="b", phase="Running")]
+    s = step(settings, active_status("Running", ["a", "b"]), pods, nodes=("a",))
+    assert s.retried == "NodeLost" and s.delete == ("j-0",) and s.force_delete == ("j-1",)
+    # Already being deleted (gracefully, before the node went): removed now, so the job can be planned again.
+    stuck = [pod("j-0", rank=0, node="b", phase="Running", deleting=True)]
+    s = step(settings, {"phase": "Pending", "attempts": 1}, stuck, nodes=("a",))
+    assert s.force_delete == ("j-0",) and not s.delete
+
+
+def test_unschedulable_past_timeout_rests_the_nodes_that_kept_it(settings) -> None:  # type: ignore[no-untyped-def]
+    pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1)]
+    s = step(settings, active_status("Scheduling", ["a", "b"]), pods, now=T0 + 31)
+    assert s.retried == "Unschedulable" and s.rest_nodes == ("b",) and "not bound to b" in s.status["message"]
