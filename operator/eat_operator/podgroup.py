@@ -13,7 +13,7 @@ so kube-scheduler never binds half a gang.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from eat_policy import api
 
@@ -23,6 +23,7 @@ from eat_operator import snapshot, spec as spec_mod
 Obj = dict[str, Any]
 
 MANAGED_BY = "eat-operator"
+T = TypeVar("T")
 
 
 def pod_name(job: str, rank: int) -> str:
@@ -36,8 +37,14 @@ def owner_reference(job: snapshot.JobView) -> Obj:
     }
 
 
+def output_dir(job: snapshot.JobView, s: settings_mod.Settings) -> str:
+    """The directory, on the mounted output volume, where rank 0 writes image.png and report.json."""
+    return f"{s.output_mount.rstrip('/')}/{job.namespace}/{job.name}"
+
+
 def output_location(job: snapshot.JobView, spec: spec_mod.JobSpec, s: settings_mod.Settings) -> str:
-    return spec.output_location or f"{s.output_root.rstrip('/')}/{job.namespace}/{job.name}.png"
+    """What status reports: the job's own outputLocation, else the image on the output volume."""
+    return spec.output_location or f"{s.output_root.rstrip('/')}/{job.namespace}/{job.name}/image.png"
 
 
 def sim_duration_s(plan: Obj, s: settings_mod.Settings) -> float:
@@ -90,7 +97,7 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
         {"name": "EAT_INFER_WIDTH", "value": str(spec.width)},
         {"name": "EAT_INFER_HEIGHT", "value": str(spec.height)},
         {"name": "EAT_INFER_STEPS", "value": str(steps)},
-        {"name": "EAT_INFER_OUTPUT", "value": output_location(job, spec, s)},
+        {"name": "EAT_INFER_OUTPUT", "value": output_dir(job, s)},
         {"name": "EAT_INFER_CACHE_DIR", "value": s.model_cache_mount},
     ]
     if spec.negative_prompt:
@@ -99,7 +106,8 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
         env.append({"name": "EAT_INFER_GUIDANCE_SCALE", "value": str(spec.guidance_scale)})
     if spec.seed is not None:
         env.append({"name": "EAT_INFER_SEED", "value": str(spec.seed)})
-    resources = json.loads(json.dumps(s.resources))  # a deep copy: settings are shared
+    env += _copy(s.extra_env)
+    resources = _copy(s.resources)
     resources.setdefault("limits", {})[api.GPU_RESOURCE] = "1"
     container: Obj = {
         "name": "inference",
@@ -114,6 +122,8 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
             *s.extra_volume_mounts,
         ],
     }
+    if s.security_context:
+        container["securityContext"] = _copy(s.security_context)
     if s.command:
         container["command"] = list(s.command)
     if s.args:
@@ -141,6 +151,8 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
     }
     if s.node_selector:
         pod_spec["nodeSelector"] = dict(s.node_selector)
+    if s.pod_security_context:
+        pod_spec["securityContext"] = _copy(s.pod_security_context)
     annotations = {
         api.ANNOTATION_GROUP_SIZE: str(k),
         api.ANNOTATION_PLANNED_NODE: node,
@@ -186,6 +198,12 @@ def sim_fails(job: snapshot.JobView, attempt: int) -> bool:
         return attempt <= int(raw)
     except ValueError:
         return False
+
+
+def _copy(value: T) -> T:
+    """A deep copy: settings are shared by every pod, and manifests get modified downstream."""
+    out: T = json.loads(json.dumps(value))
+    return out
 
 
 def _volume(name: str, host_path: str | None) -> Obj:

@@ -15,6 +15,14 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+JOB_ENV = frozenset({
+    "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "EAT_INFER_JOB", "EAT_INFER_MODEL", "EAT_INFER_PROMPT",
+    "EAT_INFER_NEGATIVE_PROMPT", "EAT_INFER_WIDTH", "EAT_INFER_HEIGHT", "EAT_INFER_STEPS", "EAT_INFER_GUIDANCE_SCALE",
+    "EAT_INFER_SEED", "EAT_INFER_OUTPUT", "EAT_INFER_CACHE_DIR",
+})
+"""Environment the pod group builder sets from the job, its plan and the rank."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EAT_OPERATOR_", extra="ignore", frozen=True)
 
@@ -87,10 +95,21 @@ class Settings(BaseSettings):
     output_host_path: str | None = None
     """Where images are written on the node; None: an emptyDir."""
     output_mount: str = "/output"
+    """Where the output volume is mounted. Rank 0 writes ``image.png`` and ``report.json`` into
+    ``<output_mount>/<namespace>/<name>/`` (``EAT_INFER_OUTPUT``, a directory, as eat-infer reads it)."""
     output_root: str = "file:///output"
-    """Output location of a job that names none: <output_root>/<namespace>/<name>.png."""
+    """The output volume as seen from outside the pod: a job that names no output location
+    reports ``<output_root>/<namespace>/<name>/image.png``."""
     extra_volumes: list[dict[str, Any]] = Field(default_factory=list)
     extra_volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    extra_env: list[dict[str, Any]] = Field(default_factory=list)
+    """More environment of the inference container (EnvVar objects: ``name`` with ``value`` or
+    ``valueFrom``), after the operator's own, e.g. ``EAT_INFER_STORE`` or ``EAT_INFER_MODE``.
+    The variables the operator sets per pod (``JOB_ENV``) cannot be overridden."""
+    security_context: dict[str, Any] | None = None
+    """securityContext of the inference container (runAsNonRoot, capabilities, ...); None: none."""
+    pod_security_context: dict[str, Any] | None = None
+    """securityContext of the inference pods (runAsUser, fsGroup for a hostPath output, ...)."""
     tolerations: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
     termination_grace_period_s: int = Field(default=30, ge=0)
@@ -106,6 +125,17 @@ class Settings(BaseSettings):
     """kopf's /healthz port; 0: do not serve."""
     kubeconfig: str | None = None
     """Kubeconfig file; None: $KUBECONFIG, then the in-cluster service account."""
+
+    @field_validator("extra_env")
+    @classmethod
+    def _env_of_our_own(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for e in v:
+            name = e.get("name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"an extra env entry needs a name: {e}")
+            if name in JOB_ENV:
+                raise ValueError(f"{name} is set by the operator for each pod and cannot be overridden")
+        return v
 
     @field_validator("policy_url")
     @classmethod

@@ -107,7 +107,7 @@ def test_example_job_succeeds_on_planned_nodes(cluster: Cluster, namespace: str,
     assert plan["patches"] == len(plan["nodes"]) >= 1
     assert 20 <= plan["steps"] <= 40
     assert st["latencySeconds"] > 0 and isinstance(st["deadlineMet"], bool)
-    assert st["attempts"] == 1 and st["outputLocation"].endswith(f"/{namespace}/astronaut.png")
+    assert st["attempts"] == 1 and st["outputLocation"].endswith(f"/{namespace}/astronaut/image.png")
     for key in ("pending", "planned", "scheduling", "running", "succeeded"):
         assert key in st["timestamps"], key
     pods = cluster.get("pods", "-n", namespace, "-l", "eat.aigc.io/pod-group=astronaut")["items"]
@@ -120,6 +120,7 @@ def test_example_job_succeeds_on_planned_nodes(cluster: Cluster, namespace: str,
         env = {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}
         assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == str(plan["patches"])
         assert env["MASTER_ADDR"] == f"astronaut-0.astronaut.{namespace}.svc"
+        assert env["EAT_INFER_OUTPUT"] == f"/output/{namespace}/astronaut"  # the directory eat-infer writes into
         assert p["status"]["phase"] == "Succeeded"
     if plan["patches"] > 1:  # the rendezvous Service of a gang
         assert cluster.get("service", "-n", namespace, "astronaut")["spec"]["clusterIP"] == "None"

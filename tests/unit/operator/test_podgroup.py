@@ -40,7 +40,10 @@ def test_k_pods_named_by_rank_with_gang_annotations(settings) -> None:  # type: 
         env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
         assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "3" and env["MASTER_PORT"] == "29500"
         assert env["MASTER_ADDR"] == "castle-0.castle.ns.svc"
-        assert env["EAT_INFER_STEPS"] == "20" and env["EAT_INFER_OUTPUT"] == "file:///output/ns/castle.png"
+        # A directory on the output volume, as eat-infer reads it (it writes image.png there).
+        assert env["EAT_INFER_STEPS"] == "20" and env["EAT_INFER_OUTPUT"] == "/output/ns/castle"
+        assert {"name": "output", "mountPath": "/output"} in spec["containers"][0]["volumeMounts"]
+        assert "securityContext" not in spec and "securityContext" not in spec["containers"][0]
         vols = {v["name"]: v for v in spec["volumes"]}
         assert vols["model-cache"]["hostPath"]["path"] == "/var/lib/eat/models" and "emptyDir" in vols["output"]
 
@@ -63,7 +66,41 @@ def test_pod_template_settings(settings) -> None:  # type: ignore[no-untyped-def
     vols = {v["name"]: v for v in pods[0]["spec"]["volumes"]}
     assert "emptyDir" in vols["model-cache"] and vols["output"]["hostPath"]["path"] == "/data/out" and "x" in vols
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert env["EAT_INFER_OUTPUT"] == "s3://b/k.png" and env["EAT_INFER_SEED"] == "7"
+    assert env["EAT_INFER_OUTPUT"] == "/output/ns/castle" and env["EAT_INFER_SEED"] == "7"
+
+
+def test_output_directory_and_the_location_status_reports(settings) -> None:  # type: ignore[no-untyped-def]
+    j, _ = build(settings)
+    sp = spec_mod.parse(j.body, MODELS)
+    assert podgroup.output_dir(j, settings) == "/output/ns/castle"
+    assert podgroup.output_location(j, sp, settings) == "file:///output/ns/castle/image.png"
+    j, _ = build(settings, outputLocation="s3://b/k.png")
+    assert podgroup.output_location(j, spec_mod.parse(j.body, MODELS), settings) == "s3://b/k.png"
+
+
+def test_extra_env_and_security_contexts(settings) -> None:  # type: ignore[no-untyped-def]
+    s = settings.model_copy(update={
+        "extra_env": [{"name": "EAT_INFER_STORE", "value": "file:///mnt/store"},
+                      {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}],
+        "security_context": {"runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "pod_security_context": {"runAsUser": 1000, "fsGroup": 1000}})
+    _, pods = build(s)
+    for p in pods:
+        c = p["spec"]["containers"][0]
+        names = [e["name"] for e in c["env"]]
+        assert names[-2:] == ["EAT_INFER_STORE", "HF_TOKEN"] and len(names) == len(set(names))
+        assert c["env"][-1]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+        assert c["securityContext"] == {"runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+        assert p["spec"]["securityContext"] == {"runAsUser": 1000, "fsGroup": 1000}
+    pods[0]["spec"]["containers"][0]["securityContext"]["capabilities"]["drop"].append("x")
+    assert s.security_context == {"runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}  # copies, not shared
+
+
+def test_every_variable_the_builder_sets_is_protected_from_extra_env(settings) -> None:  # type: ignore[no-untyped-def]
+    _, pods = build(settings, negativePrompt="blur", guidanceScale=5.0, seed=1)
+    from eat_operator import settings as settings_mod
+
+    assert {e["name"] for e in pods[0]["spec"]["containers"][0]["env"]} == settings_mod.JOB_ENV
 
 
 def test_sim_fail_annotation_fails_rank_zero_of_the_first_attempts(settings) -> None:  # type: ignore[no-untyped-def]

@@ -1,3 +1,5 @@
+import pytest
+
 from eat_operator import settings as settings_mod
 
 
@@ -6,3 +8,17 @@ def test_empty_policy_url_from_the_environment_turns_the_service_off(monkeypatch
     assert settings_mod.Settings().policy_url is None
     monkeypatch.setenv("EAT_OPERATOR_POLICY_URL", "http://policy:8000")
     assert settings_mod.Settings().policy_url == "http://policy:8000"
+
+
+def test_extra_env_may_not_override_what_the_operator_sets(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("EAT_OPERATOR_EXTRA_ENV", '[{"name": "EAT_INFER_MODE", "value": "sync"}]')
+    assert settings_mod.Settings().extra_env == [{"name": "EAT_INFER_MODE", "value": "sync"}]
+    for bad in ('[{"name": "RANK", "value": "3"}]', '[{"value": "x"}]'):
+        monkeypatch.setenv("EAT_OPERATOR_EXTRA_ENV", bad)
+        with pytest.raises(ValueError):
+            settings_mod.Settings()
+    monkeypatch.setenv("EAT_OPERATOR_EXTRA_ENV", "[]")
+    monkeypatch.setenv("EAT_OPERATOR_SECURITY_CONTEXT", '{"runAsNonRoot": true}')
+    monkeypatch.setenv("EAT_OPERATOR_POD_SECURITY_CONTEXT", "{}")
+    s = settings_mod.Settings()
+    assert s.security_context == {"runAsNonRoot": True} and s.pod_security_context == {}
