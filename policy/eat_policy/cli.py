@@ -51,9 +51,15 @@ def _floats(text: str, what: str) -> list[float]:
 
 def _policies(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in names if p not in base.names()]
+    unknown = [p for p in names if not base.known(p)]
     if not names or unknown:
-        raise typer.BadParameter(f"unknown policy {', '.join(unknown) or text!r}; choose from {', '.join(base.names())}")
+        raise typer.BadParameter(f"unknown policy {', '.join(unknown) or text!r}; choose from {', '.join(base.names())}, "
+                                 "or checkpoint:PATH for a trained policy file")
+    for name in names:  # a checkpoint that does not load is bad input too
+        try:
+            base.make(name)
+        except Exception as e:  # noqa: BLE001 (any load failure: torch raises many kinds)
+            raise typer.BadParameter(f"policy {name!r}: {type(e).__name__}: {e}") from None
     return names
 
 

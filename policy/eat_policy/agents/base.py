@@ -22,10 +22,22 @@ class UnknownPolicy(ValueError):
 
 
 _REGISTRY: dict[str, Callable[[], Policy]] = {}
+_PARAMETRISED: dict[str, Callable[[str], Policy]] = {}
+"""Families named ``prefix:argument``, e.g. ``checkpoint:runs/x/policy.pt``."""
 
 
 def register(name: str, factory: Callable[[], Policy]) -> None:
     _REGISTRY[name] = factory
+
+
+def register_family(prefix: str, factory: Callable[[str], Policy]) -> None:
+    _PARAMETRISED[prefix] = factory
+
+
+def known(name: str) -> bool:
+    _load_builtin()
+    prefix, sep, _ = name.partition(":")
+    return name in _REGISTRY or bool(sep) and prefix in _PARAMETRISED
 
 
 def names() -> list[str]:
@@ -35,10 +47,14 @@ def names() -> list[str]:
 
 def make(name: str) -> Policy:
     _load_builtin()
+    prefix, sep, argument = name.partition(":")
+    if sep and prefix in _PARAMETRISED:
+        return _PARAMETRISED[prefix](argument)
     try:
         return _REGISTRY[name]()
     except KeyError:
-        raise UnknownPolicy(f"unknown policy {name!r}; choose from {', '.join(_REGISTRY)}") from None
+        families = "".join(f", {p}:…" for p in _PARAMETRISED)
+        raise UnknownPolicy(f"unknown policy {name!r}; choose from {', '.join(_REGISTRY)}{families}") from None
 
 
 def _load_builtin() -> None:

@@ -192,5 +192,12 @@ base.register("d-sac", lambda: LearnedPolicy("d-sac"))
 base.register("sac", lambda: LearnedPolicy("sac"))
 base.register("eat-shuffled", lambda: LearnedPolicy("eat", shuffle_state=True, name="eat-shuffled"))
 base.register("eat-1step", lambda: LearnedPolicy("eat", diffusion_steps=1, name="eat-1step"))
+def from_checkpoint(path: str) -> LearnedPolicy:
+    """``checkpoint:PATH``: any trained policy file, e.g. a run's ``policy.pt``, by its path."""
+    actor = load_actor(Path(path))
+    return LearnedPolicy(actor.variant, actor=actor, name=f"checkpoint:{path}")
+
+
+base.register_family("checkpoint", from_checkpoint)
 for _reuse in (8, 32):
     base.register(f"eat-reuse{_reuse}", lambda r=_reuse: LearnedPolicy("eat", reuse=r, name=f"eat-reuse{r}"))

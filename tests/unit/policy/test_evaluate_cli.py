@@ -62,3 +62,33 @@ def test_bad_input_is_a_clear_error_not_a_traceback(args: list[str], message: st
     assert result.exit_code == 2
     assert message in " ".join(result.output.replace("│", " ").split())
     assert "Traceback" not in result.output
+
+
+def test_a_trained_policy_file_is_evaluated_by_its_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")  # the learned policies need the train extra
+    from eat_policy import nets
+    from eat_policy.train import save_policy
+
+    torch.manual_seed(0)
+    path = tmp_path / "policy.pt"
+    save_policy(nets.Actor("eat", d=32, dp=16), path)
+    out = tmp_path / "ev"
+    name = f"checkpoint:{path}"
+    result = runner.invoke(cli.app, ["evaluate", "--scenario", "paper", "--seeds", "2", "--rates", "0.05",
+                                     "--policies", f"first-fit,{name}", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "episodes.csv").open()))
+    assert {r["policy"] for r in rows} == {"first-fit", name}
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint"], ids=["missing", "corrupt"])
+def test_a_checkpoint_that_does_not_load_is_a_clear_error(tmp_path, content: bytes | None) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("torch")
+    path = tmp_path / "policy.pt"
+    if content is not None:
+        path.write_bytes(content)
+    result = runner.invoke(cli.app, ["evaluate", "--policies", f"cache-lct,checkpoint:{path}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "Invalid value: policy 'checkpoint:" in text  # the path itself may be wrapped in the box
+    assert ("FileNotFoundError" if content is None else "UnpicklingError") in text
