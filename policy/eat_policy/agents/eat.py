@@ -3,12 +3,15 @@
 Each is a ``base.Policy`` that featurises the snapshot (``nets.observe``), runs the actor and
 takes the most probable feasible option (the chain's noise comes from a generator seeded in
 ``reset``, so an episode is reproducible). Weights come from the shipped checkpoints in
-``eat_policy/checkpoints/<variant>-<scenario>.pt``, chosen by ``Snapshot.scenario``, loaded
-lazily with ``torch.load(weights_only=True)``. Thread count is the caller's (the latency bench
+``eat_policy/checkpoints/<variant>-<key>.pt``, the key being the snapshot's scenario or
+``paper-fixed-k`` (``checkpoint_key``), loaded lazily with ``torch.load(weights_only=True)``;
+``checkpoint:PATH`` names any other policy file. Thread count is the caller's (the latency bench
 and our evaluations use ``torch.set_num_threads(1)``).
 
 Registers ``eat``, ``d-sac`` and ``sac``, plus the chain-ablation evaluations ``eat-shuffled``
-(the chain conditioned on another state's tokens) and ``eat-1step`` (one denoising step).
+(the chain conditioned on another state's tokens) and ``eat-1step`` (one denoising step), and
+``eat-reuse8``/``eat-reuse32`` (several dispatches of one instant from one actor pass, as the
+policy service does).
 """
 
 from __future__ import annotations
@@ -40,9 +43,19 @@ def load_actor(path: Path, device: str = "cpu") -> nets.Actor:
     return actor.to(device).eval()
 
 
+def checkpoint_key(snap: Snapshot) -> str:
+    """Which shipped checkpoint serves a snapshot: its scenario, ``paper-fixed-k`` when the
+    prototype's jobs bring their own k (a separately trained policy, where one is shipped)."""
+    if snap.scenario == "paper" and snap.n_jobs and (snap.job_k > 0).any():
+        return "paper-fixed-k"
+    return snap.scenario
+
+
 @functools.lru_cache(maxsize=16)
-def _shipped(variant: str, scenario: str) -> nets.Actor:
-    path = CHECKPOINTS / f"{variant}-{scenario}.pt"
+def _shipped(variant: str, key: str) -> nets.Actor:
+    path = CHECKPOINTS / f"{variant}-{key}.pt"
+    if not path.exists() and key.endswith("-fixed-k"):
+        path = CHECKPOINTS / f"{variant}-{key.removesuffix('-fixed-k')}.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path.name} in {CHECKPOINTS}; train one with `eat-policy train`")
     return load_actor(path)
@@ -138,13 +151,12 @@ class LearnedPolicy:
             int(np.random.SeedSequence([seed, 0xEA7]).generate_state(1)[0]))
         self.instant: Instant | None = None
 
-    def _actor(self, scenario: str) -> nets.Actor:
+    def _actor(self, snap: Snapshot) -> nets.Actor:
         if self.actor is not None:
             return self.actor
-        actor = _shipped(self.variant, scenario)
         if self.diffusion_steps is not None:
-            actor = _truncated(self.variant, scenario, self.diffusion_steps)
-        return actor
+            return _truncated(self.variant, checkpoint_key(snap), self.diffusion_steps)
+        return _shipped(self.variant, checkpoint_key(snap))
 
     def decide(self, snap: Snapshot) -> Decision | None:
         instant = self.instant
@@ -166,7 +178,7 @@ class LearnedPolicy:
         return instant.node_attention[row], others
 
     def _encode(self, snap: Snapshot) -> Instant:
-        actor = self._actor(snap.scenario)
+        actor = self._actor(snap)
         o = {k: t.to(self.device) for k, t in nets.to_tensors(nets.observe(snap)).items()}
         with torch.no_grad():
             u, v, w = actor(o, self.generator, shuffle_state=self.shuffle_state)
@@ -177,9 +189,9 @@ class LearnedPolicy:
 
 
 @functools.lru_cache(maxsize=16)
-def _truncated(variant: str, scenario: str, steps: int) -> nets.Actor:
+def _truncated(variant: str, key: str, steps: int) -> nets.Actor:
     """The shipped actor run with a shorter chain (its first ``steps`` noise levels)."""
-    full = _shipped(variant, scenario)
+    full = _shipped(variant, key)
     cfg: dict[str, Any] = nets.config_of(full)
     actor = nets.Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"])
     actor.load_state_dict(full.state_dict())

@@ -111,15 +111,29 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path) -> None:
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("name", ["eat-paper", "eat-edge", "d-sac-paper", "sac-paper"])
+@pytest.mark.parametrize("name", ["eat-paper", "eat-paper-fixed-k", "eat-edge", "d-sac-paper", "sac-paper"])
 def test_shipped_checkpoints_are_small_and_load_safely(name: str) -> None:
     path = eat_agent.CHECKPOINTS / f"{name}.pt"
-    if not path.exists():
-        pytest.skip(f"{path.name} not shipped")
     assert path.stat().st_size < 2 * 1024 * 1024
     blob = torch.load(path, weights_only=True)
     assert set(blob) == {"config", "actor"}
     assert (path.with_suffix(".json")).exists(), "each checkpoint has a card with its training command"
+
+
+@pytest.mark.parametrize(("mode", "key"), [("choose-k", "paper"), ("fixed-k", "paper-fixed-k")])
+def test_the_paper_modes_are_served_by_their_own_checkpoints(mode: str, key: str) -> None:
+    snap = _snapshot(scenarios.paper(rate=0.05, mode=mode), warm_steps=0)
+    assert eat_agent.checkpoint_key(snap) == key
+    policy = base.make("eat")
+    policy.decide(snap)
+    assert policy._actor(snap) is eat_agent._shipped("eat", key)  # type: ignore[attr-defined]
+
+    def same(a: nets.Actor, b: nets.Actor) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    assert not same(eat_agent._shipped("eat", "paper-fixed-k"), eat_agent._shipped("eat", "paper"))
+    # a variant without a fixed-k checkpoint falls back to its paper one
+    assert same(eat_agent._shipped("sac", "paper-fixed-k"), eat_agent._shipped("sac", "paper"))
 
 
 def test_registered_names_make_policies() -> None:
