@@ -73,8 +73,6 @@ ANNOTATION_SIM_DURATION = "eat.aigc.io/sim-duration-seconds"
 ANNOTATION_SIM_FAIL = "eat.aigc.io/sim-fail"
 EAT_SCHEDULER_NAME = "eat-scheduler"
 DEFAULT_EXTENDER_URL = "http://127.0.0.1:18080"
-SCHEDULER_QPS = 300
-SCHEDULER_BURST = 600
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
@@ -618,13 +616,7 @@ def _start_addons(lay: Layout, bdir: Path, sched_kc: Path, kwok_kc: Path, ports:
 
     if scheduler:
         cfg = lay.run / "eat-scheduler-config.yaml"
-        doc = yaml.safe_load(render_scheduler_config(str(sched_kc), extender_url))
-        # Client rate limits of this process only (the chart's file keeps kube-scheduler's
-        # defaults, 50 QPS / burst 100, about 50 bindings/s: at the operator's target of
-        # 20 jobs/s that is gangs of 2.5 pods on average; bench/operator_throughput.py).
-        # The --kube-api-qps/--kube-api-burst flags are ignored when --config is given.
-        doc["clientConnection"].update(qps=SCHEDULER_QPS, burst=SCHEDULER_BURST)
-        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+        cfg.write_text(render_scheduler_config(str(sched_kc), extender_url))
         start(lay, "eat-scheduler", [
             str(bdir / "kube-scheduler"), f"--config={cfg}", f"--authentication-kubeconfig={sched_kc}",
             f"--authorization-kubeconfig={sched_kc}", "--bind-address=127.0.0.1",
