@@ -71,6 +71,7 @@ class Simulator:
             for node in range(lay.n_nodes):
                 self._schedule_failure(node)
         self._snap: Snapshot | None = None
+        self._window: tuple[list[int], dict[str, np.ndarray]] | None = None
         self._admit_arrivals()
         self._advance_until_decision()
 
@@ -187,7 +188,7 @@ class Simulator:
     def _needs_decision(self) -> bool:
         if not self.queue:
             return False
-        return bool(np.any((self.gpu_free_at <= self.now) & self.node_up[self.layout.gpu_node]))
+        return bool(((self.gpu_free_at <= self.now) & self.node_up[self.layout.gpu_node]).any())
 
     def _advance_until_decision(self) -> None:
         while not self.done and not self._needs_decision():
@@ -274,9 +275,26 @@ class Simulator:
         )
         return self.busy_gpu_s - beyond
 
+    def _jobs(self) -> dict[str, np.ndarray]:
+        """The visible queue's columns; kept while it is unchanged (snapshots never write to them)."""
+        window = self.queue[: self.scenario.window]
+        if self._window is None or self._window[0] != window:
+            tr, ids = self.trace, np.array(window, dtype=np.int64)
+            self._window = (window, dict(
+                job_id=ids,
+                job_model=tr.model[ids],
+                job_pixels=tr.pixels[ids],
+                job_arrival_s=tr.arrival_s[ids],
+                job_deadline_s=tr.arrival_s[ids] + tr.deadline_s[ids],
+                job_steps_min=tr.steps_min[ids],
+                job_steps_max=tr.steps_max[ids],
+                job_k=tr.k[ids],
+                job_k_max=np.full(len(ids), 8, dtype=np.int64),
+            ))
+        return self._window[1]
+
     def _build_snapshot(self) -> Snapshot:
-        lay, tr = self.layout, self.trace
-        window = np.array(self.queue[: self.scenario.window], dtype=np.int64)
+        lay = self.layout
         return Snapshot(
             now=self.now,
             scenario=self.scenario.name,
@@ -298,14 +316,6 @@ class Simulator:
             gpu_free_at=self.gpu_free_at,
             gpu_resident=self.gpu_resident,
             gpu_util=(self.gpu_free_at > self.now).astype(np.float64),
-            job_id=window,
-            job_model=tr.model[window],
-            job_pixels=tr.pixels[window],
-            job_arrival_s=tr.arrival_s[window],
-            job_deadline_s=tr.arrival_s[window] + tr.deadline_s[window],
-            job_steps_min=tr.steps_min[window],
-            job_steps_max=tr.steps_max[window],
-            job_k=tr.k[window],
-            job_k_max=np.full(len(window), 8, dtype=np.int64),
             queue_len=len(self.queue),
+            **self._jobs(),
         )

@@ -3,7 +3,9 @@
 One physics per scenario prices any (job, GPU set) exactly as the engine will charge it
 (``estimate``), and proposes the few GPU sets worth considering for a job (``candidates``),
 so heuristics, the learned policy's masks and the service's predicted latencies all agree
-with the simulator.
+with the simulator. On edge, ``candidates`` is ``readiness`` (per model, shareable by the
+model's jobs) followed by ``search``, which also reports what chose each candidate, for the
+cache-aware heuristics that update searches rather than repeat them.
 """
 
 from __future__ import annotations
@@ -144,6 +146,47 @@ def _compute_s(spec: catalog.ModelSpec, pixels: float) -> float:
     return spec.step_s(pixels, 1.0) - spec.t_floor_s
 
 
+@dataclasses.dataclass(frozen=True)
+class Readiness:
+    """When each GPU could serve one model: the part of a candidate search that does not
+    depend on the job's resolution, steps or k, so one serves all the model's jobs."""
+
+    model: int
+    ready: np.ndarray
+    """(G,) when each GPU is free to launch; inf where it cannot take part (down, too little
+    memory, excluded, or busy in an idle-only search)."""
+    tier: np.ndarray
+    """(G,) the model's cache tier: 0 resident, 1 node disk, 2 model store."""
+    begin: np.ndarray
+    """(G,) when each GPU could begin computing: ready plus its tier's load time."""
+    ranked: np.ndarray
+    """(N, W) each node's GPUs by begin, ties by slot; padded with G."""
+    launch: np.ndarray
+    """(N, W) in column k - 1, for the gang of a node's first k ranked GPUs: when its last
+    member is free."""
+    worst: np.ndarray
+    """(N, W) that gang's worst tier."""
+    launch_setup: np.ndarray
+    """(N, W) launch plus the worst tier's load time: when that gang starts computing."""
+    usable: int
+    """How many GPUs can take part."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """One job's candidates and what chose them, for callers that update a search."""
+
+    options: list[Placement]
+    usable: int
+    single: dict[int, tuple[np.ndarray, int, Placement | None]]
+    """Per k searched on single nodes: each node's finish of computing with its first k
+    GPUs (inf where it has fewer usable), the first node with the earliest, and its option."""
+    cross: dict[int, tuple[tuple[int, ...], float, bool, Placement | None]]
+    """Per k > 1 searched across nodes: the k GPUs that begin first (sorted), the latest of
+    their begins, whether every other GPU begins strictly later (if not, np.argpartition
+    broke the tie), and the option (None when the k share a node)."""
+
+
 class EdgePhysics:
     """Heterogeneous GPUs, three-tier model cache, DistriFusion-style patch speed-ups."""
 
@@ -151,6 +194,7 @@ class EdgePhysics:
         self.models = models
         self.load_s = np.array([m.size_gb / catalog.DISK_LOAD_GB_S + catalog.PIPELINE_INIT_S for m in models])
         self.fetch_s = self.load_s + np.array([m.size_gb / catalog.STORE_FETCH_GB_S for m in models])
+        self._shapes: dict[tuple[int, float, float, int, str], tuple[float, float]] = {}
 
     def estimate(self, snap: Snapshot, j: int, gpus: tuple[int, ...]) -> Placement:
         m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
@@ -185,15 +229,20 @@ class EdgePhysics:
         the gang launches when its last member is free and computes when its slowest loader is
         ready. Equal to ``estimate`` on the chosen sets, vectorised over nodes for speed.
         """
-        m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
+        return self.search(snap, j, steps, self.readiness(snap, int(snap.job_model[j]), idle_only, exclude)).options
+
+    def readiness(
+        self, snap: Snapshot, m: int, idle_only: bool = False, exclude: np.ndarray | None = None,
+    ) -> Readiness:
+        """The part of ``candidates`` that depends on the model only, shared by its jobs."""
         spec = self.models[m]
         too_small = snap.node_gpu_mem_gb[snap.gpu_node] < spec.vram_gb
         ready = _ready_times(snap, idle_only, exclude, too_small)
         tier = np.where(snap.gpu_resident[:, m], 0, np.where(snap.node_disk[snap.gpu_node, m], 1, 2))
-        startup = np.array([0.0, self.load_s[m], self.fetch_s[m]])[tier]
+        load = np.array([0.0, self.load_s[m], self.fetch_s[m]])
         g = snap.n_gpus
         begin = np.empty(g + 1)
-        begin[:g], begin[g] = ready + startup, INF
+        begin[:g], begin[g] = ready + load[tier], INF
         order = np.argsort(begin[snap.slots], axis=1, kind="stable")
         ranked = np.take_along_axis(snap.slots, order, axis=1)
         ready_pad = np.empty(g + 1)
@@ -202,36 +251,77 @@ class EdgePhysics:
         tier_pad[:g], tier_pad[g] = tier, 0
         launch = np.maximum.accumulate(ready_pad[ranked], axis=1)
         worst = np.maximum.accumulate(tier_pad[ranked], axis=1)
-        setup = np.array([0.0, self.load_s[m], self.fetch_s[m]])[worst]
+        usable = int(np.count_nonzero(np.isfinite(begin[:g])))
+        return Readiness(m, ready, tier, begin[:g], ranked, launch, worst, launch + load[worst], usable)
+
+    def step_s(self, snap: Snapshot, m: int, px: float, steps: int, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """Per k that fits on a node: each node's time for ``steps`` steps of a k-patch gang."""
+        spec = self.models[m]
         compute = _compute_s(spec, px) / snap.node_speed
         nvlink = np.fromiter((lk == "nvlink" for lk in snap.node_link), dtype=bool, count=snap.n_nodes)
-        out = []
-        width = snap.slots.shape[1]
-        usable = int(np.count_nonzero(np.isfinite(begin[:g])))
-        for k in snap.allowed_k(j):
-            if k > usable:
-                continue
-            if k <= width:
+        out = {}
+        for k in ks:
+            if k <= snap.slots.shape[1]:
                 sp = np.where(nvlink, _speedup(k, px, "nvlink"), _speedup(k, px, "pcie"))
-                finish = launch[:, k - 1] + setup[:, k - 1] + steps * (spec.t_floor_s + compute / sp)
-                n = int(np.argmin(finish))
-                if math.isfinite(finish[n]):
-                    gpus = tuple(ranked[n, :k].tolist())
-                    out.append(self._placement(spec, px, k, gpus, float(launch[n, k - 1]), int(worst[n, k - 1]),
-                                               float(snap.node_speed[n]), snap.node_link[n], m))
-            if k > 1:
-                pick = np.argpartition(begin[:g], k - 1)[:k]
-                if len(set(snap.gpu_node[pick].tolist())) > 1:
-                    gpus = tuple(sorted(pick.tolist()))
-                    out.append(self._placement(spec, px, k, gpus, float(ready[pick].max()), int(tier[pick].max()),
-                                               float(snap.gpu_speed[pick].min()), "network", m))
+                out[k] = steps * (spec.t_floor_s + compute / sp)
         return out
+
+    def search(
+        self, snap: Snapshot, j: int, steps: int, r: Readiness, step_s: dict[int, np.ndarray] | None = None,
+    ) -> Search:
+        """``candidates`` from a readiness of the job's model, and what chose them.
+
+        ``step_s`` may pass ``self.step_s`` for the job, computed once for many searches.
+        """
+        m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
+        spec = self.models[m]
+        ks = snap.allowed_k(j)
+        if step_s is None:
+            step_s = self.step_s(snap, m, px, steps, ks)
+        out = []
+        single: dict[int, tuple[np.ndarray, int, Placement | None]] = {}
+        cross: dict[int, tuple[tuple[int, ...], float, bool, Placement | None]] = {}
+        for k in ks:
+            if k > r.usable:
+                continue
+            if k in step_s:
+                finish = r.launch_setup[:, k - 1] + step_s[k]
+                n = int(np.argmin(finish))
+                option = None
+                if math.isfinite(finish[n]):
+                    gpus = tuple(r.ranked[n, :k].tolist())
+                    option = self._placement(spec, px, k, gpus, float(r.launch[n, k - 1]), int(r.worst[n, k - 1]),
+                                             float(snap.node_speed[n]), snap.node_link[n], m)
+                    out.append(option)
+                single[k] = (finish, n, option)
+            if k > 1:
+                pick = np.argpartition(r.begin, k - 1)[:k]
+                gpus = tuple(sorted(pick.tolist()))
+                last = float(r.begin[pick].max())
+                option = None
+                if len(set(snap.gpu_node[pick].tolist())) > 1:
+                    option = self._placement(spec, px, k, gpus, float(r.ready[pick].max()), int(r.tier[pick].max()),
+                                             float(snap.gpu_speed[pick].min()), "network", m)
+                    out.append(option)
+                cross[k] = (gpus, last, int(np.count_nonzero(r.begin <= last)) == k, option)
+        return Search(out, r.usable, single, cross)
+
+    def placement(
+        self, m: int, px: float, gpus: tuple[int, ...], launch: float, worst: int, speed: float, link: str,
+    ) -> Placement:
+        """What ``estimate`` gives for a job of model m on ``gpus`` that launch at ``launch``,
+        with worst tier ``worst``, slowest GPU speed ``speed`` and ``link`` between them."""
+        return self._placement(self.models[m], px, len(gpus), gpus, launch, worst, speed, link, m)
 
     def _placement(
         self, spec: catalog.ModelSpec, px: float, k: int, gpus: tuple[int, ...], launch: float, worst: int,
         speed: float, link: str, m: int,
     ) -> Placement:
-        per_step, fixed = self._step_and_fixed(spec, px, speed, k, link)
+        key = (m, px, speed, k, link)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = self._step_and_fixed(spec, px, speed, k, link)
+        per_step, fixed = shape
         startup = (0.0, float(self.load_s[m]), float(self.fetch_s[m]))[worst]
         if k > 1:
             startup += catalog.GANG_RENDEZVOUS_S

@@ -1,0 +1,170 @@
+"""The cache-aware policies' fast planner decides exactly as their plain definition.
+
+``heuristics.plan_simply`` is the definition (one candidate search per job and reservation
+state); on edge the policies answer through ``heuristics._Planner``, which carries each job's
+last search across decisions. Every decision here is checked against ``plan_simply`` on the
+same snapshot: along whole episodes, and along chains of randomly changed snapshots with many
+exact ties, time going backwards and nodes failing, which the simulator never produces.
+"""
+
+import dataclasses
+import gc
+
+import numpy as np
+import pytest
+
+from eat_policy.agents import base, heuristics
+from eat_policy.sim import engine, physics, scenarios
+from eat_policy.snapshot import Snapshot
+
+POLICIES = ["cache-lct", "edf-cache"]
+
+
+def reference(policy: heuristics.CacheAwareLCTPolicy, snap: Snapshot) -> object:
+    jobs = [int(j) for j in policy.order(snap)[: heuristics.LOOKAHEAD]]
+    return heuristics.plan_simply(snap, jobs, physics.EdgePhysics())
+
+
+def check_episode(scenario: scenarios.Scenario, name: str, seed: int) -> int:
+    sim = engine.Simulator(scenario)
+    policy = base.make(name)
+    sim.reset(seed)
+    policy.reset(seed)
+    decisions = 0
+    while not sim.done:
+        snap = sim.snapshot()
+        expected = reference(policy, snap)
+        got = policy.decide(snap)
+        assert got == expected, f"decision {decisions} at t={snap.now}: {got} != {expected}"
+        sim.step(got)
+        decisions += 1
+    return decisions
+
+
+EPISODES = [
+    pytest.param(dict(n_nodes=3, n_jobs=60), id="3-nodes"),
+    pytest.param(dict(n_nodes=16, n_jobs=120), id="16-nodes"),
+    pytest.param(dict(n_nodes=16, n_jobs=120, mode="fixed-k"), id="16-nodes-fixed-k"),
+    pytest.param(dict(n_nodes=8, n_jobs=100, failures_per_node_h=3.0, repair_s=60.0, noise_cv=0.3),
+                 id="failures-noise"),
+    pytest.param(dict(n_nodes=12, n_jobs=120, arrival="mmpp", load=1.3), id="bursty-overload"),
+]
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("overrides", EPISODES)
+def test_decisions_equal_the_definition_along_episodes(name: str, overrides: dict) -> None:  # type: ignore[type-arg]
+    overrides = {"load": 0.9, **overrides}
+    assert check_episode(scenarios.edge(**overrides), name, seed=1) > 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("n_nodes", [24, 64])
+def test_decisions_equal_the_definition_on_larger_clusters(name: str, n_nodes: int) -> None:
+    # Past _Delta.VECTORISE changed nodes the planner compares nodes with numpy instead.
+    scenario = scenarios.edge(n_nodes=n_nodes, load=0.9, n_jobs=3 * n_nodes, failures_per_node_h=1.0)
+    for seed in range(2):
+        check_episode(scenario, name, seed)
+
+
+def decision_points(scenario: scenarios.Scenario, name: str, seed: int) -> list[Snapshot]:
+    """Copies of the snapshots an episode decides on."""
+    sim = engine.Simulator(scenario)
+    policy = base.make(name)
+    sim.reset(seed)
+    policy.reset(seed)
+    out = []
+    while not sim.done:
+        snap = sim.snapshot()
+        out.append(dataclasses.replace(
+            snap, gpu_free_at=snap.gpu_free_at.copy(), gpu_resident=snap.gpu_resident.copy(),
+            node_disk=snap.node_disk.copy(), node_up=snap.node_up.copy(), gpu_util=snap.gpu_util.copy(),
+        ))
+        sim.step(policy.decide(snap))
+    return out
+
+
+def nudged(snap: Snapshot, rng: np.random.Generator) -> Snapshot:
+    """The snapshot a little later with a GPU or two changed, on a 0.5 s grid (ties)."""
+    now = snap.now + 0.5 * int(rng.integers(0, 3))
+    free_at, resident, up = snap.gpu_free_at.copy(), snap.gpu_resident.copy(), snap.node_up.copy()
+    for g in rng.choice(snap.n_gpus, int(rng.integers(0, 3)), replace=False):
+        free_at[g] = now + 0.5 * int(rng.integers(-2, 30))
+        resident[g, rng.integers(resident.shape[1])] ^= True
+    if rng.random() < 0.05:
+        up[rng.integers(snap.n_nodes)] ^= True
+    return dataclasses.replace(snap, now=now, gpu_free_at=free_at, gpu_resident=resident, node_up=up,
+                               gpu_util=(free_at > now).astype(float))
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize(("n_nodes", "mode"), [(6, "choose-k"), (16, "choose-k"), (16, "fixed-k"), (40, "choose-k")])
+def test_decisions_equal_the_definition_on_changed_snapshot_chains(name: str, n_nodes: int, mode: str) -> None:
+    points = decision_points(scenarios.edge(n_nodes=n_nodes, load=1.2, n_jobs=2 * n_nodes + 40, mode=mode), name, 0)
+    rng = np.random.default_rng(7)
+    policy = base.make(name)
+    snap = points[0]
+    outcomes = []
+    for step in range(300):
+        if rng.random() < 0.15:  # another decision point, earlier or later
+            snap = points[int(rng.integers(len(points)))]
+        else:
+            snap = nudged(snap, rng)
+        expected = reference(policy, snap)
+        got = policy.decide(snap)
+        assert got == expected, f"step {step}: {got} != {expected}"
+        outcomes.append(got is None)
+    assert 30 < sum(outcomes) < 270  # both waits and dispatches
+
+
+def test_node_gangs_and_cross_node_picks_equal_the_search() -> None:
+    # The pieces the planner prices changes with, against EdgePhysics.search on snapshots with
+    # many equal begins (idle GPUs, a coarse grid), where np.argpartition breaks the ties.
+    points = decision_points(scenarios.edge(n_nodes=20, load=1.2, n_jobs=80), "cache-lct", 0)
+    rng = np.random.default_rng(3)
+    planner = heuristics._Planner()
+    phys = physics.EdgePhysics()
+    checked = ties = 0
+    for snap in points[::4]:
+        snap = nudged(snap, rng)
+        cl = heuristics._Cluster(snap, phys)
+        st = heuristics._State(snap, cl)
+        for j in range(min(snap.n_jobs, 4)):
+            m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
+            excluded = 0  # a random run of reserved GPUs, most of the time
+            if rng.random() < 0.7:
+                excluded = int(rng.integers(0, 2**20)) << int(rng.integers(0, snap.n_gpus - 20))
+                excluded &= (1 << snap.n_gpus) - 1
+            r = phys.readiness(snap, m, False, heuristics._mask(excluded, snap.n_gpus) if excluded else None)
+            found = phys.search(snap, j, heuristics.reference_steps(snap, j), r)
+            for k, (finish, _, _) in found.single.items():
+                for n in range(snap.n_nodes):
+                    ranked, launch, worst, start = st.row(n, m, excluded)
+                    if k <= len(start):
+                        assert tuple(ranked[:k]) == tuple(r.ranked[n, :k].tolist())
+                        assert (launch[k - 1], worst[k - 1]) == (r.launch[n, k - 1], r.worst[n, k - 1])
+                        assert start[k - 1] + cl.kind(snap, heuristics._kinds(snap)[j], phys).step_s[k][n] == finish[n]
+                    else:
+                        assert finish[n] == np.inf
+            for k, (gpus, last, strict, option) in found.cross.items():
+                pick, mine = planner._pick(m, px, k, excluded, st)
+                assert pick == (gpus, last, strict) and mine == option
+                checked += 1
+                ties += not strict
+    assert checked > 50 and ties > 10
+
+
+def test_past_decisions_are_not_kept_alive() -> None:
+    sim = engine.Simulator(scenarios.edge(n_nodes=16, load=0.9, n_jobs=150))
+    policy = base.make("cache-lct")
+    sim.reset(0)
+    policy.reset(0)
+    decisions = 0
+    while not sim.done:
+        sim.step(policy.decide(sim.snapshot()))
+        decisions += 1
+    gc.collect()
+    states = sum(type(o) is heuristics._State for o in gc.get_objects())
+    # Only the states the remembered jobs (pruned to the window) were last checked at survive.
+    assert decisions > 300 and states <= 4 * heuristics.LOOKAHEAD + 8
