@@ -1,7 +1,7 @@
 """The cache-aware policies' fast planner decides exactly as their plain definition.
 
-``heuristics.plan_simply`` is the definition (one candidate search per job and reservation
-state); on edge the policies answer through ``heuristics._Planner``, which carries each job's
+``cache_aware.plan_simply`` is the definition (one candidate search per job and reservation
+state); on edge the policies answer through ``cache_aware.Planner``, which carries each job's
 last search across decisions. Every decision here is checked against ``plan_simply`` on the
 same snapshot: along whole episodes, and along chains of randomly changed snapshots with many
 exact ties, time going backwards and nodes failing, which the simulator never produces.
@@ -13,7 +13,7 @@ import gc
 import numpy as np
 import pytest
 
-from eat_policy.agents import base, heuristics
+from eat_policy.agents import base, cache_aware, heuristics
 from eat_policy.sim import engine, physics, scenarios
 from eat_policy.snapshot import Snapshot
 
@@ -21,8 +21,8 @@ POLICIES = ["cache-lct", "edf-cache"]
 
 
 def reference(policy: heuristics.CacheAwareLCTPolicy, snap: Snapshot) -> object:
-    jobs = [int(j) for j in policy.order(snap)[: heuristics.LOOKAHEAD]]
-    return heuristics.plan_simply(snap, jobs, physics.EdgePhysics())
+    jobs = [int(j) for j in policy.order(snap)[: cache_aware.LOOKAHEAD]]
+    return cache_aware.plan_simply(snap, jobs, physics.EdgePhysics())
 
 
 def check_episode(scenario: scenarios.Scenario, name: str, seed: int) -> int:
@@ -123,28 +123,28 @@ def test_node_gangs_and_cross_node_picks_equal_the_search() -> None:
     # many equal begins (idle GPUs, a coarse grid), where np.argpartition breaks the ties.
     points = decision_points(scenarios.edge(n_nodes=20, load=1.2, n_jobs=80), "cache-lct", 0)
     rng = np.random.default_rng(3)
-    planner = heuristics._Planner()
+    planner = cache_aware.Planner()
     phys = physics.EdgePhysics()
     checked = ties = 0
     for snap in points[::4]:
         snap = nudged(snap, rng)
-        cl = heuristics._Cluster(snap, phys)
-        st = heuristics._State(snap, cl)
+        cl = cache_aware._Cluster(snap, phys)
+        st = cache_aware._State(snap, cl)
         for j in range(min(snap.n_jobs, 4)):
             m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
             excluded = 0  # a random run of reserved GPUs, most of the time
             if rng.random() < 0.7:
                 excluded = int(rng.integers(0, 2**20)) << int(rng.integers(0, snap.n_gpus - 20))
                 excluded &= (1 << snap.n_gpus) - 1
-            r = phys.readiness(snap, m, False, heuristics._mask(excluded, snap.n_gpus) if excluded else None)
-            found = phys.search(snap, j, heuristics.reference_steps(snap, j), r)
+            r = phys.readiness(snap, m, False, cache_aware._mask(excluded, snap.n_gpus) if excluded else None)
+            found = phys.search(snap, j, cache_aware.reference_steps(snap, j), r)
             for k, (finish, _, _) in found.single.items():
                 for n in range(snap.n_nodes):
                     ranked, launch, worst, start = st.row(n, m, excluded)
                     if k <= len(start):
                         assert tuple(ranked[:k]) == tuple(r.ranked[n, :k].tolist())
                         assert (launch[k - 1], worst[k - 1]) == (r.launch[n, k - 1], r.worst[n, k - 1])
-                        assert start[k - 1] + cl.kind(snap, heuristics._kinds(snap)[j], phys).step_s[k][n] == finish[n]
+                        assert start[k - 1] + cl.kind(snap, cache_aware._kinds(snap)[j], phys).step_s[k][n] == finish[n]
                     else:
                         assert finish[n] == np.inf
             for k, (gpus, last, strict, option) in found.cross.items():
@@ -165,6 +165,6 @@ def test_past_decisions_are_not_kept_alive() -> None:
         sim.step(policy.decide(sim.snapshot()))
         decisions += 1
     gc.collect()
-    states = sum(type(o) is heuristics._State for o in gc.get_objects())
+    states = sum(type(o) is cache_aware._State for o in gc.get_objects())
     # Only the states the remembered jobs (pruned to the window) were last checked at survive.
-    assert decisions > 300 and states <= 4 * heuristics.LOOKAHEAD + 8
+    assert decisions > 300 and states <= 4 * cache_aware.LOOKAHEAD + 8
