@@ -149,6 +149,8 @@ class Dispatcher:
         """When each Pending job's reason was last written by us (see ``_pending``)."""
         self._views = snapshot.ViewCache()
         self._resting: dict[str, float] = {}
+        self._create_errors: dict[tuple[str, str], tuple[int, str]] = {}
+        """Per job: the attempt and why the API server last refused one of its pods (cleared by a creation)."""
         """Node → until when it is not offered to the policy (``Step.rest_nodes``)."""
         self._services: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -218,6 +220,7 @@ class Dispatcher:
         snap = self.take_snapshot()
         t_snap = time.perf_counter() - t0
         self._gauges(snap)
+        self._create_errors = {k: v for k, v in self._create_errors.items() if k in snap.jobs}
         work = []
         for job in snap.jobs.values():
             if job.deleting or job.phase == "Succeeded" or (job.phase == "Pending" and not snap.pods_of(job)):
@@ -230,7 +233,8 @@ class Dispatcher:
                 if job.phase != "Failed":
                     work.append(self.execute(job, status.failed(job, snap.now, e.reason, str(e))))
                 continue
-            step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s))
+            step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s),
+                                    self._create_errors.get(job.key, (0, None))[1])
             if not step.empty:
                 work.append(self.execute(job, step, spec))
         # Planning needs none of these writes: they touch jobs past Pending (or their leftover
@@ -399,7 +403,7 @@ class Dispatcher:
         for m in manifests:
             cur = self.pods.get((job.namespace, m["metadata"]["name"]))
             if cur is None:
-                work.append(self._create_pod(m))
+                work.append(self._create_pod(job, m))
         await _gather(work)
         ready, gated = True, []
         for m in manifests:
@@ -428,16 +432,21 @@ class Dispatcher:
                 return
         self._services.add(key)
 
-    async def _create_pod(self, manifest: Obj) -> None:
+    async def _create_pod(self, job: snapshot.JobView, manifest: Obj) -> None:
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         url = kube.path("", "v1", "pods", ns)
         try:
             body = await self.client.create(url, manifest)
             metrics.pods_created.inc()
+            self._create_errors.pop(job.key, None)
         except kube.ApiError as e:
             if e.status != 409:
                 metrics.api_errors.labels("create_pod").inc()
                 log.warning("pod %s/%s: %s", ns, name, e)
+                message = f"pod {name}: {e}"
+                if self._create_errors.get(job.key, (None, ""))[0] != job.attempts:  # one Event per attempt
+                    self._post_event(job, status.Event("Warning", "FailedCreate", message))
+                self._create_errors[job.key] = (job.attempts, message)
                 return
             try:
                 body = await self.client.request("GET", f"{url}/{name}")

@@ -174,14 +174,15 @@ def scheduling(job: snapshot.JobView, now: float) -> Obj:
 
 
 def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
-              output: str) -> Step:
+              output: str, create_error: str | None = None) -> Step:
     """The next step for a job that is not waiting for a plan (phase past Pending), or one
-    that has leftover pods. Planning itself is ``dispatching``'s business.
+    that has leftover pods. Planning itself is ``dispatching``'s business. ``create_error``:
+    why the API server last refused one of its pods, if it did.
 
     Pods on a lost node (gone or not Ready) are removed with grace period 0, those being
     deleted already included: otherwise they would hold their names, and the job its next
     plan, until the pod garbage collector or a returning kubelet let go of them."""
-    step = _next_step(job, snap, s, output)
+    step = _next_step(job, snap, s, output, create_error)
     lost = {p.name for p in snap.pods_of(job) if p.node and _node_lost(snap, p.node)}
     if not lost:
         return step
@@ -196,7 +197,7 @@ def _node_lost(snap: snapshot.ClusterSnapshot, name: str) -> bool:
 
 
 def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
-               output: str) -> Step:
+               output: str, create_error: str | None) -> Step:
     now = snap.now
     pods = snap.pods_of(job)
     phase = job.phase
@@ -245,6 +246,14 @@ def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: setting
                          message=f"pod {podgroup.pod_name(job.name, gone[0])} disappeared")
 
     if len(current) < len(nodes) or any(p.gated for p in current.values()):
+        since = kube.parse_time((job.status.get("timestamps") or {}).get("planned")) or now
+        if phase == "Planned" and len(current) < len(nodes) and now - since > s.unschedulable_timeout_s:
+            # The API server keeps refusing the pods (quota, admission, a bad pod template):
+            # count it as a failed attempt, so the backoff limit ends it with the reason.
+            missing = sorted(set(range(len(nodes))) - set(current))
+            why = f": {create_error}" if create_error else ""
+            return _teardown(job, snap, s, live, failure=True, reason="GroupNotCreated",
+                             message=f"{len(missing)} of {len(nodes)} pods not created after {now - since:.0f} s{why}")
         return Step(delete=stale, ensure_group=True)
     # The group exists and is released. A Planned job moves on here, in the cycle after its
     # group was made (one status write less when kube-scheduler has bound it meanwhile); it

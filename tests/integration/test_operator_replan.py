@@ -156,3 +156,25 @@ def test_unschedulable_past_the_timeout_replans_and_rests_the_node(cluster: Clus
                "the job held for want of a node", 30)
     good = add_node(cluster, namespace, nodes, "b")
     assert_replanned_onto(cluster, namespace, op, first, good, "not bound to")
+
+
+def test_pods_refused_by_the_api_server_fail_the_job_with_its_reason(cluster: Cluster, namespace: str,
+                                                                      nodes: list[str],
+                                                                      start_operator: OperatorFactory) -> None:
+    """A quota that admits no pod: each attempt times out Planned, counted as a failure, and the
+    job ends Failed past the backoff limit with the API server's reason, not Planned forever."""
+    cluster.create({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
+                    "spec": {"hard": {"pods": "0"}}}, namespace)
+    wait_until(lambda: (cluster.get("resourcequota", "-n", namespace, "no-pods").get("status") or {}).get("hard"),
+               "the quota controller to fill in the quota", 30)
+    add_node(cluster, namespace, nodes, "a")
+    op = start_operator(unschedulable_timeout_s="3", backoff_limit="1")
+    cluster.create(job_manifest(JOB, model="sd15", steps=20), namespace)
+    st = wait_phase(cluster, namespace, JOB, {"Failed", "Succeeded"}, op=op, timeout=60)["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "BackoffLimitExceeded", st
+    assert st["failures"] == 2 and st["attempts"] == 2 and "not created after" in st["message"], st
+    assert "exceeded quota" in st["message"], st
+    events = cluster.events_for(namespace, JOB)
+    refused = [e for e in events if e["reason"] == "FailedCreate"]
+    assert len(refused) == 2 and all("exceeded quota" in e["message"] for e in refused)  # one per attempt
+    assert not cluster.get("pods", "-n", namespace)["items"]

@@ -9,10 +9,10 @@ from eat_policy import api
 from eat_operator import snapshot, status
 
 
-def step(settings, st, pods=(), nodes=("a", "b"), now=T0 + 5, **kw):  # type: ignore[no-untyped-def]
+def step(settings, st, pods=(), nodes=("a", "b"), now=T0 + 5, create_error=None, **kw):  # type: ignore[no-untyped-def]
     j = job(status=st, **kw)
     snap = snapshot.build([node(n) for n in nodes], pods, [j], now)
-    return status.reconcile(snap.jobs[("ns", "j")], snap, settings, "file:///o.png")
+    return status.reconcile(snap.jobs[("ns", "j")], snap, settings, "file:///o.png", create_error)
 
 
 def test_planned_writes_plan_and_next_attempt_before_any_pod() -> None:
@@ -87,6 +87,23 @@ def test_unschedulable_past_timeout_replans(settings) -> None:  # type: ignore[n
     assert step(settings, active_status("Scheduling", ["a", "b"]), pods, now=T0 + 10).empty
     s = step(settings, active_status("Scheduling", ["a", "b"]), pods, now=T0 + 31)
     assert s.status is not None and s.status["reason"] == "Unschedulable" and "j-1" in s.status["message"]
+
+
+def test_pods_the_api_server_keeps_refusing_fail_the_attempt_with_its_reason(settings) -> None:  # type: ignore[no-untyped-def]
+    refused = 'pod j-1: 403 Forbidden: pods "j-1" is forbidden: exceeded quota'
+    one = [pod("j-0", rank=0, gated=True)]
+    assert step(settings, active_status("Planned", ["a", "b"]), one, now=T0 + 10, create_error=refused).ensure_group
+    s = step(settings, active_status("Planned", ["a", "b"]), one, now=T0 + 31, create_error=refused)
+    assert s.retried == "GroupNotCreated" and s.delete == ("j-0",)
+    assert s.status is not None and s.status["phase"] == "Pending" and s.status["failures"] == 1
+    assert "1 of 2 pods not created after 31 s: " + refused in s.status["message"]
+    # counted as failures: past the backoff limit (2) the job fails, saying why
+    s = step(settings, active_status("Planned", ["a", "b"], failures=2), (), now=T0 + 31, create_error=refused)
+    assert s.status is not None and s.status["phase"] == "Failed" and s.status["reason"] == "BackoffLimitExceeded"
+    assert "exceeded quota" in s.status["message"]
+    # all pods made (still gated, e.g. the operator restarted before lifting them): no timeout
+    both = [pod("j-0", rank=0, gated=True), pod("j-1", rank=1, gated=True)]
+    assert step(settings, active_status("Planned", ["a", "b"]), both, now=T0 + 31).ensure_group
 
 
 def test_stale_pods_of_old_attempts_are_deleted(settings) -> None:  # type: ignore[no-untyped-def]
