@@ -135,7 +135,8 @@ def make_scenario(args: Args, point: float, mode: str = "choose-k") -> scenarios
 def make_env(args: Args, rng: np.random.Generator) -> sim_env.SchedulingEnv:
     lo, hi = args.points
     point = float(rng.uniform(lo, hi))
-    mode = modes(args)[int(rng.integers(len(modes(args))))] if args.mode == "mixed" else modes(args)[0]
+    options = modes(args)
+    mode = options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
     return sim_env.SchedulingEnv(make_scenario(args, point, mode))
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 
 import pytest
 
 from clusterkit import REPO, Cluster, wait_until
-from test_operator_jobs import free_port, install_crd, job_manifest, wait_phase
+from test_operator_jobs import free_port, job_manifest, running_operator, wait_phase
 
 sys.path.insert(0, str(REPO / "operator"))
 from eat_operator import testing  # noqa: E402
@@ -18,17 +19,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, gpu_nodes: list[str],
-             tmp_path_factory: pytest.TempPathFactory) -> testing.OperatorProcess:
-    install_crd(cluster)
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.OperatorProcess]:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    op = testing.OperatorProcess(
-        cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", metrics_port=free_port(),
-        env={"EAT_OPERATOR_POLICY_URL": dead, "EAT_OPERATOR_POLICY_TIMEOUT_S": "0.5",
-             "EAT_OPERATOR_SIM_DURATION_SCALE": "0.1", "EAT_OPERATOR_SIM_DURATION_MAX_S": "2"},
-    )
-    with op:
-        op.wait_metrics()
-        yield op
+    yield from running_operator(cluster, tmp_path_factory, policy_url=dead, policy_timeout_s="0.5",
+                                sim_duration_scale="0.1", sim_duration_max_s="2")
 
 
 def test_policy_down_jobs_complete_via_fallback_flagged(cluster: Cluster, namespace: str,

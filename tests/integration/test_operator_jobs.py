@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,18 +83,23 @@ def policy_service(tmp_path_factory: pytest.TempPathFactory) -> str:
     proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, gpu_nodes: list[str], policy_service: str,
-             tmp_path_factory: pytest.TempPathFactory) -> testing.OperatorProcess:
+def running_operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
+                     **settings: str) -> Iterator[testing.OperatorProcess]:
+    """An operator (CRD installed) with these EAT_OPERATOR_* settings, serving metrics, for a fixture."""
     install_crd(cluster)
-    op = testing.OperatorProcess(
-        cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", metrics_port=free_port(),
-        env={"EAT_OPERATOR_POLICY_URL": policy_service, "EAT_OPERATOR_SIM_DURATION_SCALE": "0.1",
-             "EAT_OPERATOR_SIM_DURATION_MAX_S": "3", "EAT_OPERATOR_BACKOFF_LIMIT": "1"},
-    )
+    env = {f"EAT_OPERATOR_{k.upper()}": v for k, v in settings.items()}
+    op = testing.OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
+                                 metrics_port=free_port(), env=env)
     with op:
         op.wait_metrics()
         yield op
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, gpu_nodes: list[str], policy_service: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.OperatorProcess]:
+    yield from running_operator(cluster, tmp_path_factory, policy_url=policy_service, sim_duration_scale="0.1",
+                                sim_duration_max_s="3", backoff_limit="1")
 
 
 def test_example_job_succeeds_on_planned_nodes(cluster: Cluster, namespace: str,

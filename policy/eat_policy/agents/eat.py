@@ -52,13 +52,17 @@ def checkpoint_key(snap: Snapshot) -> str:
 
 
 @functools.lru_cache(maxsize=16)
+def _loaded(path: str) -> nets.Actor:
+    return load_actor(Path(path))
+
+
 def _shipped(variant: str, key: str) -> nets.Actor:
     path = CHECKPOINTS / f"{variant}-{key}.pt"
     if not path.exists() and key.endswith("-fixed-k"):
         path = CHECKPOINTS / f"{variant}-{key.removesuffix('-fixed-k')}.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint {path.name} in {CHECKPOINTS}; train one with `eat-policy train`")
-    return load_actor(path)
+    return _loaded(str(path))
 
 
 def to_decision(snap: Snapshot, option: tuple[int, int, int, int], pointer: np.ndarray, free: np.ndarray) -> Decision:
@@ -205,8 +209,9 @@ base.register("sac", lambda: LearnedPolicy("sac"))
 base.register("eat-shuffled", lambda: LearnedPolicy("eat", shuffle_state=True, name="eat-shuffled"))
 base.register("eat-1step", lambda: LearnedPolicy("eat", diffusion_steps=1, name="eat-1step"))
 def from_checkpoint(path: str) -> LearnedPolicy:
-    """``checkpoint:PATH``: any trained policy file, e.g. a run's ``policy.pt``, by its path."""
-    actor = load_actor(Path(path))
+    """``checkpoint:PATH``: any trained policy file, e.g. a run's ``policy.pt``, by its path
+    (loaded once: the CLI makes each policy to check it, then the harness makes it again)."""
+    actor = _loaded(path)
     return LearnedPolicy(actor.variant, actor=actor, name=f"checkpoint:{path}")
 
 
