@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     replan_limit: int = Field(default=10, ge=0)
     """Re-plans for causes that are not the job's fault (unschedulable, node lost)."""
     unschedulable_timeout_s: float = Field(default=60.0, gt=0)
-    """A group not fully bound this long after its gate was lifted is torn down and re-planned."""
+    """A group not fully bound this long after its gate was lifted is torn down and re-planned;
+    one whose pods the API server still refuses this long after planning fails the attempt."""
     unschedulable_rest_s: float = Field(default=120.0, ge=0)
     """After that timeout, the nodes that kept the pods unbound are offered to no plan for
     this long: what kept the pods off them (CPU, memory, pod slots, affinity) is not in the
