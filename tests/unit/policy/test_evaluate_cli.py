@@ -65,7 +65,8 @@ def test_bad_input_is_a_clear_error_not_a_traceback(args: list[str], message: st
 
 
 def test_a_trained_policy_file_is_evaluated_by_its_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    torch = pytest.importorskip("torch")  # the learned policies need the train extra
+    import torch  # the learned policies need the train extra, which the test environment has
+
     from eat_policy import nets
     from eat_policy.train import save_policy
 
@@ -83,7 +84,6 @@ def test_a_trained_policy_file_is_evaluated_by_its_path(tmp_path) -> None:  # ty
 
 @pytest.mark.parametrize("content", [None, b"not a checkpoint"], ids=["missing", "corrupt"])
 def test_a_checkpoint_that_does_not_load_is_a_clear_error(tmp_path, content: bytes | None) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("torch")
     path = tmp_path / "policy.pt"
     if content is not None:
         path.write_bytes(content)
