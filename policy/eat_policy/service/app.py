@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eat_policy import __version__, api
+from eat_policy.agents import cache_aware
 from eat_policy.service import requests, telemetry
 from eat_policy.service.planner import Planner
 from eat_policy.service.settings import get_settings
@@ -24,6 +25,7 @@ from eat_policy.service.settings import get_settings
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.planner = Planner.from_settings(get_settings())
+    cache_aware.compile_ahead()  # the fallback heuristics' kernel, so that no request waits for numba
     yield
 
 

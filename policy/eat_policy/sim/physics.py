@@ -4,8 +4,7 @@ One physics per scenario prices any (job, GPU set) exactly as the engine will ch
 (``estimate``), and proposes the few GPU sets worth considering for a job (``candidates``),
 so heuristics, the learned policy's masks and the service's predicted latencies all agree
 with the simulator. On edge, ``candidates`` is ``readiness`` (per model, shareable by the
-model's jobs) followed by ``search``, which also reports what chose each candidate, for the
-cache-aware heuristics that update searches rather than repeat them.
+model's jobs) followed by ``search``; ``agents.cache_aware_kernel`` compiles the same two.
 """
 
 from __future__ import annotations
@@ -172,21 +171,6 @@ class Readiness:
     """How many GPUs can take part."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Search:
-    """One job's candidates and what chose them, for callers that update a search."""
-
-    options: list[Placement]
-    usable: int
-    single: dict[int, tuple[np.ndarray, int, Placement | None]]
-    """Per k searched on single nodes: each node's finish of computing with its first k
-    GPUs (inf where it has fewer usable), the first node with the earliest, and its option."""
-    cross: dict[int, tuple[tuple[int, ...], float, bool, Placement | None]]
-    """Per k > 1 searched across nodes: the k GPUs that begin first (sorted), the latest of
-    their begins, whether every other GPU begins strictly later (if not, np.argpartition
-    broke the tie), and the option (None when the k share a node)."""
-
-
 class EdgePhysics:
     """Heterogeneous GPUs, three-tier model cache, DistriFusion-style patch speed-ups."""
 
@@ -229,7 +213,7 @@ class EdgePhysics:
         the gang launches when its last member is free and computes when its slowest loader is
         ready. Equal to ``estimate`` on the chosen sets, vectorised over nodes for speed.
         """
-        return self.search(snap, j, steps, self.readiness(snap, int(snap.job_model[j]), idle_only, exclude)).options
+        return self.search(snap, j, steps, self.readiness(snap, int(snap.job_model[j]), idle_only, exclude))
 
     def readiness(
         self, snap: Snapshot, m: int, idle_only: bool = False, exclude: np.ndarray | None = None,
@@ -268,8 +252,8 @@ class EdgePhysics:
 
     def search(
         self, snap: Snapshot, j: int, steps: int, r: Readiness, step_s: dict[int, np.ndarray] | None = None,
-    ) -> Search:
-        """``candidates`` from a readiness of the job's model, and what chose them.
+    ) -> list[Placement]:
+        """``candidates`` from a readiness of the job's model.
 
         ``step_s`` may pass ``self.step_s`` for the job, computed once for many searches.
         """
@@ -279,32 +263,23 @@ class EdgePhysics:
         if step_s is None:
             step_s = self.step_s(snap, m, px, steps, ks)
         out = []
-        single: dict[int, tuple[np.ndarray, int, Placement | None]] = {}
-        cross: dict[int, tuple[tuple[int, ...], float, bool, Placement | None]] = {}
         for k in ks:
             if k > r.usable:
                 continue
-            if k in step_s:
+            if k in step_s:  # the node whose first k GPUs finish computing first
                 finish = r.launch_setup[:, k - 1] + step_s[k]
                 n = int(np.argmin(finish))
-                option = None
                 if math.isfinite(finish[n]):
                     gpus = tuple(r.ranked[n, :k].tolist())
-                    option = self._placement(spec, px, k, gpus, float(r.launch[n, k - 1]), int(r.worst[n, k - 1]),
-                                             float(snap.node_speed[n]), snap.node_link[n], m)
-                    out.append(option)
-                single[k] = (finish, n, option)
-            if k > 1:
-                pick = np.argpartition(r.begin, k - 1)[:k]
-                gpus = tuple(sorted(pick.tolist()))
-                last = float(r.begin[pick].max())
-                option = None
+                    out.append(self._placement(spec, px, k, gpus, float(r.launch[n, k - 1]), int(r.worst[n, k - 1]),
+                                               float(snap.node_speed[n]), snap.node_link[n], m))
+            if k > 1:  # the k GPUs that could begin first anywhere (ties by index), if on several nodes
+                pick = np.argsort(r.begin, kind="stable")[:k]
                 if len(set(snap.gpu_node[pick].tolist())) > 1:
-                    option = self._placement(spec, px, k, gpus, float(r.ready[pick].max()), int(r.tier[pick].max()),
-                                             float(snap.gpu_speed[pick].min()), "network", m)
-                    out.append(option)
-                cross[k] = (gpus, last, int(np.count_nonzero(r.begin <= last)) == k, option)
-        return Search(out, r.usable, single, cross)
+                    gpus = tuple(sorted(pick.tolist()))
+                    out.append(self._placement(spec, px, k, gpus, float(r.ready[pick].max()), int(r.tier[pick].max()),
+                                               float(snap.gpu_speed[pick].min()), "network", m))
+        return out
 
     def placement(
         self, m: int, px: float, gpus: tuple[int, ...], launch: float, worst: int, speed: float, link: str,
@@ -313,15 +288,19 @@ class EdgePhysics:
         with worst tier ``worst``, slowest GPU speed ``speed`` and ``link`` between them."""
         return self._placement(self.models[m], px, len(gpus), gpus, launch, worst, speed, link, m)
 
+    def shape(self, m: int, px: float, speed: float, k: int, link: str) -> tuple[float, float]:
+        """Per-step and fixed seconds of a k-patch gang of model m whose slowest GPU has ``speed``."""
+        key = (m, px, speed, k, link)
+        out = self._shapes.get(key)
+        if out is None:
+            out = self._shapes[key] = self._step_and_fixed(self.models[m], px, speed, k, link)
+        return out
+
     def _placement(
         self, spec: catalog.ModelSpec, px: float, k: int, gpus: tuple[int, ...], launch: float, worst: int,
         speed: float, link: str, m: int,
     ) -> Placement:
-        key = (m, px, speed, k, link)
-        shape = self._shapes.get(key)
-        if shape is None:
-            shape = self._shapes[key] = self._step_and_fixed(spec, px, speed, k, link)
-        per_step, fixed = shape
+        per_step, fixed = self.shape(m, px, speed, k, link)
         startup = (0.0, float(self.load_s[m]), float(self.fetch_s[m]))[worst]
         if k > 1:
             startup += catalog.GANG_RENDEZVOUS_S

@@ -1,19 +1,20 @@
-"""The cache-aware policies' fast planner decides exactly as their plain definition.
+"""The cache-aware policies' compiled planner decides exactly as their plain definition.
 
-``cache_aware.plan_simply`` is the definition (one candidate search per job and reservation
-state); on edge the policies answer through ``cache_aware.Planner``, which carries each job's
-last search across decisions. Every decision here is checked against ``plan_simply`` on the
-same snapshot: along whole episodes, and along chains of randomly changed snapshots with many
-exact ties, time going backwards and nodes failing, which the simulator never produces.
+``cache_aware.plan_simply`` is the definition (numpy, one candidate search per job and
+reservation state); on edge the policies answer through ``cache_aware.Planner``, which runs
+the numba transcription in ``cache_aware_kernel``. Every decision here is checked against
+``plan_simply`` on the same snapshot: along whole episodes, and along chains of randomly changed
+snapshots with many exact ties, time going backwards and nodes failing, which the simulator
+never produces.
 """
 
 import dataclasses
-import gc
 
+import numba
 import numpy as np
 import pytest
 
-from eat_policy.agents import base, cache_aware, heuristics
+from eat_policy.agents import base, cache_aware, cache_aware_kernel, heuristics
 from eat_policy.sim import engine, physics, scenarios
 from eat_policy.snapshot import Snapshot
 
@@ -62,7 +63,7 @@ def test_decisions_equal_the_definition_along_episodes(name: str, overrides: dic
 @pytest.mark.parametrize("name", POLICIES)
 @pytest.mark.parametrize("n_nodes", [24, 64])
 def test_decisions_equal_the_definition_on_larger_clusters(name: str, n_nodes: int) -> None:
-    # Past _Delta.VECTORISE changed nodes the planner compares nodes with numpy instead.
+    # More nodes than the kernel's small tests: long cross-node orders, many nodes re-ranked per reservation.
     scenario = scenarios.edge(n_nodes=n_nodes, load=0.9, n_jobs=3 * n_nodes, failures_per_node_h=1.0)
     for seed in range(2):
         check_episode(scenario, name, seed)
@@ -118,53 +119,18 @@ def test_decisions_equal_the_definition_on_changed_snapshot_chains(name: str, n_
     assert 30 < sum(outcomes) < 270  # both waits and dispatches
 
 
-def test_node_gangs_and_cross_node_picks_equal_the_search() -> None:
-    # The pieces the planner prices changes with, against EdgePhysics.search on snapshots with
-    # many equal begins (idle GPUs, a coarse grid), where np.argpartition breaks the ties.
-    points = decision_points(scenarios.edge(n_nodes=20, load=1.2, n_jobs=80), "cache-lct", 0)
-    rng = np.random.default_rng(3)
-    planner = cache_aware.Planner()
-    phys = physics.EdgePhysics()
-    checked = ties = 0
-    for snap in points[::4]:
-        snap = nudged(snap, rng)
-        cl = cache_aware._Cluster(snap, phys)
-        st = cache_aware._State(snap, cl)
-        for j in range(min(snap.n_jobs, 4)):
-            m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
-            excluded = 0  # a random run of reserved GPUs, most of the time
-            if rng.random() < 0.7:
-                excluded = int(rng.integers(0, 2**20)) << int(rng.integers(0, snap.n_gpus - 20))
-                excluded &= (1 << snap.n_gpus) - 1
-            r = phys.readiness(snap, m, False, cache_aware._mask(excluded, snap.n_gpus) if excluded else None)
-            found = phys.search(snap, j, cache_aware.reference_steps(snap, j), r)
-            for k, (finish, _, _) in found.single.items():
-                for n in range(snap.n_nodes):
-                    ranked, launch, worst, start = st.row(n, m, excluded)
-                    if k <= len(start):
-                        assert tuple(ranked[:k]) == tuple(r.ranked[n, :k].tolist())
-                        assert (launch[k - 1], worst[k - 1]) == (r.launch[n, k - 1], r.worst[n, k - 1])
-                        assert start[k - 1] + cl.kind(snap, cache_aware._kinds(snap)[j], phys).step_s[k][n] == finish[n]
-                    else:
-                        assert finish[n] == np.inf
-            for k, (gpus, last, strict, option) in found.cross.items():
-                pick, mine = planner._pick(m, px, k, excluded, st)
-                assert pick == (gpus, last, strict) and mine == option
-                checked += 1
-                ties += not strict
-    assert checked > 50 and ties > 10
-
-
-def test_past_decisions_are_not_kept_alive() -> None:
-    sim = engine.Simulator(scenarios.edge(n_nodes=16, load=0.9, n_jobs=150))
+def test_the_planner_runs_compiled() -> None:
+    # The test environment has numba, so the checks above compare the compiled kernel.
+    assert cache_aware_kernel.numba is numba
+    assert isinstance(cache_aware_kernel.plan, numba.core.registry.CPUDispatcher)
     policy = base.make("cache-lct")
+    sim = engine.Simulator(scenarios.edge(n_nodes=4, load=0.9, n_jobs=20))
     sim.reset(0)
-    policy.reset(0)
-    decisions = 0
-    while not sim.done:
-        sim.step(policy.decide(sim.snapshot()))
-        decisions += 1
-    gc.collect()
-    states = sum(type(o) is cache_aware._State for o in gc.get_objects())
-    # Only the states the remembered jobs (pruned to the window) were last checked at survive.
-    assert decisions > 300 and states <= 4 * cache_aware.LOOKAHEAD + 8
+    policy.decide(sim.snapshot())
+    assert cache_aware_kernel.plan.signatures, "the edge decision did not go through the kernel"
+
+
+def test_without_numba_the_planner_is_the_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The operator's image has no numba; its fallback planning must still decide.
+    monkeypatch.setattr(cache_aware_kernel, "numba", None)
+    assert check_episode(scenarios.edge(n_nodes=4, load=0.9, n_jobs=40), "edf-cache", seed=2) > 20
