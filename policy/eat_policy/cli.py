@@ -53,8 +53,9 @@ def _policies(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in names if not base.known(p)]
     if not names or unknown:
+        families = ", ".join(f"{prefix}:{argument}" for prefix, argument in base.families().items())
         raise typer.BadParameter(f"unknown policy {', '.join(unknown) or text!r}; choose from {', '.join(base.names())}, "
-                                 "or checkpoint:PATH for a trained policy file")
+                                 f"or {families}")
     for name in names:  # a checkpoint that does not load is bad input too
         try:
             base.make(name)

@@ -22,16 +22,23 @@ class UnknownPolicy(ValueError):
 
 
 _REGISTRY: dict[str, Callable[[], Policy]] = {}
-_PARAMETRISED: dict[str, Callable[[str], Policy]] = {}
-"""Families named ``prefix:argument``, e.g. ``checkpoint:runs/x/policy.pt``."""
+_PARAMETRISED: dict[str, tuple[Callable[[str], Policy], str]] = {}
+"""Families named ``prefix:argument``, e.g. ``checkpoint:runs/x/policy.pt``, and what the
+argument is."""
 
 
 def register(name: str, factory: Callable[[], Policy]) -> None:
     _REGISTRY[name] = factory
 
 
-def register_family(prefix: str, factory: Callable[[str], Policy]) -> None:
-    _PARAMETRISED[prefix] = factory
+def register_family(prefix: str, factory: Callable[[str], Policy], argument: str) -> None:
+    _PARAMETRISED[prefix] = (factory, argument)
+
+
+def families() -> dict[str, str]:
+    """Each family's prefix and what its argument is, e.g. ``{"checkpoint": "PATH"}``."""
+    _load_builtin()
+    return {prefix: argument for prefix, (_, argument) in _PARAMETRISED.items()}
 
 
 def known(name: str) -> bool:
@@ -49,12 +56,12 @@ def make(name: str) -> Policy:
     _load_builtin()
     prefix, sep, argument = name.partition(":")
     if sep and prefix in _PARAMETRISED:
-        return _PARAMETRISED[prefix](argument)
+        return _PARAMETRISED[prefix][0](argument)
     try:
         return _REGISTRY[name]()
     except KeyError:
-        families = "".join(f", {p}:…" for p in _PARAMETRISED)
-        raise UnknownPolicy(f"unknown policy {name!r}; choose from {', '.join(_REGISTRY)}{families}") from None
+        others = "".join(f", {prefix}:{argument}" for prefix, (_, argument) in _PARAMETRISED.items())
+        raise UnknownPolicy(f"unknown policy {name!r}; choose from {', '.join(_REGISTRY)}{others}") from None
 
 
 def _load_builtin() -> None:

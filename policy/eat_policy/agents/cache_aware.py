@@ -26,21 +26,23 @@ LOOKAHEAD = 16
 edge at ρ = 1 (10 seeds): 4 → 69% deadlines met, 8 → 89%, 16 → 93%, 32 → 92%."""
 
 
-def plan_simply(snap: Snapshot, jobs: list[int], phys: physics.Physics) -> Decision | None:
+def plan_simply(
+    snap: Snapshot, jobs: list[int], phys: physics.Physics, default_steps: int = DEFAULT_STEPS,
+) -> Decision | None:
     """The cache-aware policies' decision, written plainly: place ``jobs`` in turn, reserving.
 
     This is the definition; ``Planner`` reaches the same decisions on edge, compiled.
     """
     plans = _Plans(snap, phys)
     for j in jobs:
-        steps = reference_steps(snap, j)
+        steps = reference_steps(snap, j, default_steps)
         options = plans.candidates(j, steps, idle_only=False)
         best = _earliest(options, steps)
         if best is not None and best.start_s <= snap.now:
-            return _dispatch(snap, j, best)
+            return _dispatch(snap, j, best, default_steps)
         backfill = plans.backfill(j, steps)
         if backfill is not None:
-            return _dispatch(snap, j, backfill)
+            return _dispatch(snap, j, backfill, default_steps)
         if best is not None and not best.cold:
             plans.reserve(best)  # a cold plan is not worth idling GPUs for
     return None
@@ -58,8 +60,8 @@ def _warm_fit(
     return _earliest([p for p in options if not p.cold and p.finish_s(steps) <= claimed(p.gpus)], steps)
 
 
-def _dispatch(snap: Snapshot, j: int, p: physics.Placement) -> Decision:
-    return Decision(j, p.gpus, physics.steps_within_deadline(snap, j, p, DEFAULT_STEPS))
+def _dispatch(snap: Snapshot, j: int, p: physics.Placement, default_steps: int) -> Decision:
+    return Decision(j, p.gpus, physics.steps_within_deadline(snap, j, p, default_steps))
 
 
 class _Plans:
@@ -110,13 +112,14 @@ class Planner:
     of job costs on this cluster's nodes are built once per kind and layout.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, default_steps: int = DEFAULT_STEPS) -> None:
         self.phys = physics.EdgePhysics()
+        self.default_steps = default_steps
         self.tables: _Tables | None = None
 
     def decide(self, snap: Snapshot, jobs: list[int] | np.ndarray) -> Decision | None:
         if kernel.numba is None:
-            return plan_simply(snap, [int(j) for j in jobs], self.phys)
+            return plan_simply(snap, [int(j) for j in jobs], self.phys, self.default_steps)
         t = self.tables
         if t is None or not t.matches(snap):
             t = self.tables = _Tables(snap, self.phys)
@@ -125,12 +128,12 @@ class Planner:
             p, k, node, launch, worst = kernel.plan(
                 float(snap.now), snap.gpu_free_at, snap.node_up, snap.gpu_resident, snap.node_disk, window,
                 snap.job_model, snap.job_pixels, snap.job_deadline_s, snap.job_steps_min, snap.job_steps_max,
-                snap.job_k, snap.job_k_max, DEFAULT_STEPS, t.gpu_node, t.gpu_speed, t.speed_id, t.slots, t.fits,
+                snap.job_k, snap.job_k_max, self.default_steps, t.gpu_node, t.gpu_speed, t.speed_id, t.slots, t.fits,
                 t.load, t.kind_key, t.kind_ks, t.single_step, t.single_per_step, t.single_fixed,
                 t.cross_per_step, t.cross_fixed, catalog.GANG_RENDEZVOUS_S, t.out)
             if p != kernel.NO_KIND:
                 break
-            t.add_kind(snap, int(window[k]))
+            t.add_kind(snap, int(window[k]), self.default_steps)
         if p < 0:
             return None
         j = int(window[p])
@@ -140,7 +143,7 @@ class Planner:
         else:
             speed, link = min(float(snap.gpu_speed[g]) for g in gpus), "network"
         placement = self.phys.placement(int(snap.job_model[j]), float(snap.job_pixels[j]), gpus, launch, worst, speed, link)
-        return _dispatch(snap, j, placement)
+        return _dispatch(snap, j, placement, self.default_steps)
 
 
 def compile_ahead() -> None:
@@ -190,8 +193,8 @@ class _Tables:
             for a, b in zip(now, self.layout)
         )
 
-    def add_kind(self, snap: Snapshot, j: int) -> None:
-        m, px, steps = int(snap.job_model[j]), float(snap.job_pixels[j]), reference_steps(snap, j)
+    def add_kind(self, snap: Snapshot, j: int, default_steps: int) -> None:
+        m, px, steps = int(snap.job_model[j]), float(snap.job_pixels[j]), reference_steps(snap, j, default_steps)
         ks = snap.allowed_k(j)
         width, n = self.kind_ks.shape[1], snap.n_nodes
         row_ks = np.zeros((1, width), np.int64)
@@ -217,8 +220,8 @@ class _Tables:
         self.cross_fixed = np.concatenate([self.cross_fixed, cross_fixed])
 
 
-def reference_steps(snap: Snapshot, j: int) -> int:
+def reference_steps(snap: Snapshot, j: int, default_steps: int = DEFAULT_STEPS) -> int:
     """Steps at which placements are compared: the most the job allows if it has a deadline."""
     if np.isinf(snap.job_deadline_s[j]):
-        return min(max(DEFAULT_STEPS, int(snap.job_steps_min[j])), int(snap.job_steps_max[j]))
+        return min(max(default_steps, int(snap.job_steps_min[j])), int(snap.job_steps_max[j]))
     return int(snap.job_steps_max[j])

@@ -215,6 +215,6 @@ def from_checkpoint(path: str) -> LearnedPolicy:
     return LearnedPolicy(actor.variant, actor=actor, name=f"checkpoint:{path}")
 
 
-base.register_family("checkpoint", from_checkpoint)
+base.register_family("checkpoint", from_checkpoint, "PATH")
 for _reuse in (8, 32):
     base.register(f"eat-reuse{_reuse}", lambda r=_reuse: LearnedPolicy("eat", reuse=r, name=f"eat-reuse{r}"))

@@ -13,7 +13,7 @@
   past their deadline go last, since they can no longer be saved.
 
 All but ``random`` spend as many steps as still meet the deadline (best quality on time),
-or ``DEFAULT_STEPS`` for jobs without one.
+or ``DEFAULT_STEPS`` for jobs without one (``cache-lct-steps:N``, ``edf-cache-steps:N``: N).
 
 The cache-aware policies' planning lives in ``cache_aware``: defined by ``plan_simply``,
 answered on edge by ``Planner``, which reaches the same decisions with a fraction of the
@@ -21,6 +21,8 @@ candidate searches by carrying each job's last search across decisions.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -124,21 +126,25 @@ class LeastLoadedPolicy(_FifoPolicy):
 class CacheAwareLCTPolicy:
     name = "cache-lct"
 
-    def __init__(self) -> None:
+    def __init__(self, default_steps: int = DEFAULT_STEPS) -> None:
+        self.default_steps = default_steps
+        if default_steps != DEFAULT_STEPS:
+            self.name = f"{type(self).name}-steps:{default_steps}"
         self.phys: dict[str, physics.Physics] = {}
-        self.planner = Planner()
+        self.planner = Planner(default_steps)
 
     def reset(self, seed: int) -> None:
-        self.planner = Planner()
+        self.planner = Planner(self.default_steps)
 
     def order(self, snap: Snapshot) -> np.ndarray:
         return np.arange(snap.n_jobs)
 
     def decide(self, snap: Snapshot) -> Decision | None:
-        jobs = [int(j) for j in self.order(snap)[:LOOKAHEAD]]
+        window = self.order(snap)[:LOOKAHEAD]
         if snap.scenario == "edge":
-            return self.planner.decide(snap, jobs)
-        return plan_simply(snap, jobs, self.phys.setdefault(snap.scenario, physics.for_scenario(snap.scenario)))
+            return self.planner.decide(snap, window)
+        phys = self.phys.setdefault(snap.scenario, physics.for_scenario(snap.scenario))
+        return plan_simply(snap, window.tolist(), phys, self.default_steps)
 
 
 class EdfCachePolicy(CacheAwareLCTPolicy):
@@ -149,5 +155,17 @@ class EdfCachePolicy(CacheAwareLCTPolicy):
         return np.lexsort((snap.job_arrival_s, snap.job_deadline_s, late))
 
 
+def _with_steps(cls: type[CacheAwareLCTPolicy]) -> Callable[[str], CacheAwareLCTPolicy]:
+    """``<name>-steps:N``: the policy spending N steps on jobs without a deadline, so that a
+    learned policy that spends fewer can be compared with it at equal quality."""
+    def make(argument: str) -> CacheAwareLCTPolicy:
+        if not argument.isdigit() or not 1 <= int(argument) <= 100:
+            raise base.UnknownPolicy(f"{cls.name}-steps:N takes a number of steps from 1 to 100, got {argument!r}")
+        return cls(int(argument))
+    return make
+
+
 for _cls in (RandomPolicy, RoundRobinPolicy, FirstFitPolicy, LeastLoadedPolicy, CacheAwareLCTPolicy, EdfCachePolicy):
     base.register(_cls.name, _cls)
+for _cls in (CacheAwareLCTPolicy, EdfCachePolicy):
+    base.register_family(f"{_cls.name}-steps", _with_steps(_cls), "N")

@@ -56,7 +56,8 @@ def test_simulate_prints_metrics() -> None:
     (["evaluate", "--rates", "0"], "positive numbers"),
     (["evaluate", "--seeds", "1"], "seeds must be >= 2"),
     (["evaluate", "--scenario", "edge", "--loads", "9"], "load must be in"),
-], ids=["scenario", "policy", "nodes", "rate", "mode", "rates-text", "rates-zero", "seeds", "load"])
+    (["evaluate", "--policies", "cache-lct-steps:0"], "takes a number of steps from 1 to 100, got '0'"),
+], ids=["scenario", "policy", "nodes", "rate", "mode", "rates-text", "rates-zero", "seeds", "load", "steps"])
 def test_bad_input_is_a_clear_error_not_a_traceback(args: list[str], message: str) -> None:
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from eat_policy.agents import base, heuristics
-from eat_policy.sim import catalog, engine, scenarios
+from eat_policy import evaluate
+from eat_policy.sim import catalog, engine, paper, scenarios
 
 from .conftest import run
 
@@ -89,3 +90,16 @@ def test_strong_heuristics_beat_first_fit_on_edge(name: str) -> None:
             vals.append(sim.metrics().resp_mean_s)
         resp[policy] = np.mean(vals)
     assert resp[name] < resp["first-fit"]
+
+
+@pytest.mark.parametrize("name", ["cache-lct", "edf-cache"])
+def test_steps_variant_spends_its_steps_on_jobs_without_a_deadline(name: str) -> None:
+    # The paper's jobs have no deadline: the default spends 20 steps, the variant 12, so it
+    # trades quality for time on the same trace (the matched-quality baseline for EAT).
+    sim = engine.Simulator(scenarios.paper(rate=0.09))
+    default = evaluate.run_episode(sim, base.make(name), seed=4)[0]
+    fewer = evaluate.run_episode(sim, base.make(f"{name}-steps:12"), seed=4)[0]
+    assert default["quality_mean"] == pytest.approx(paper.quality(20))
+    assert fewer["quality_mean"] == pytest.approx(paper.quality(12))
+    assert fewer["resp_mean_s"] < 0.9 * default["resp_mean_s"]
+    assert base.make(f"{name}-steps:12").name == f"{name}-steps:12"
