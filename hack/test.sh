@@ -11,5 +11,8 @@ fi
 # The real control plane's binaries (etcd, kube-apiserver, ..., kwok, kubectl, helm), built
 # from the pinned Go modules once per machine into ~/.cache/eat (hack/cluster/README.md).
 "$root/hack/cluster/build.sh" >&2
+# One control plane per checkout: two test sessions on one machine (a CI clone and a working
+# tree) must not share one, or each one's operator acts on the other's jobs.
+export EAT_CLUSTER_DIR=${EAT_CLUSTER_DIR:-${EAT_CACHE:-$HOME/.cache/eat}/cluster-$(printf %s "$root" | sha256sum | cut -c1-12)}
 cd "$root"
 exec "$venv/bin/python" -m pytest "$@"
