@@ -165,7 +165,8 @@ class _Tables:
 
     def __init__(self, snap: Snapshot, phys: physics.EdgePhysics) -> None:
         self.phys = phys
-        self.layout = (snap.slots, snap.gpu_node, snap.gpu_speed, snap.node_speed, snap.node_link, snap.node_gpu_mem_gb)
+        self.layout = (snap.slots, snap.gpu_node, snap.gpu_speed, snap.node_speed, snap.node_link, snap.node_gpu_mem_gb,
+                       snap.k_choices)
         self.gpu_node = snap.gpu_node.astype(np.int64)
         self.gpu_speed = snap.gpu_speed.astype(np.float64)
         self.speeds, speed_id = np.unique(self.gpu_speed, return_inverse=True)
@@ -184,7 +185,8 @@ class _Tables:
         self.out = np.empty(max((*snap.k_choices, 8)), np.int64)
 
     def matches(self, snap: Snapshot) -> bool:
-        now = (snap.slots, snap.gpu_node, snap.gpu_speed, snap.node_speed, snap.node_link, snap.node_gpu_mem_gb)
+        now = (snap.slots, snap.gpu_node, snap.gpu_speed, snap.node_speed, snap.node_link, snap.node_gpu_mem_gb,
+               snap.k_choices)
         if all(a is b for a, b in zip(now, self.layout)):
             return True
         return all(
