@@ -66,13 +66,10 @@ def _crash_on_error(task: asyncio.Task[None]) -> None:
 def login(**_: Any) -> kopf.ConnectionInfo:
     """kopf's watch streams use the same credentials as the dispatcher's client."""
     cfg = kube.load_configuration(settings_mod.Settings().kubeconfig)
-    token = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
-    scheme = None
-    if token and " " in token:
-        scheme, token = token.split(" ", 1)
+    scheme, token = kube.credentials(cfg)
     return kopf.ConnectionInfo(
-        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl, scheme=scheme or None,
-        token=token or None, certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl, scheme=scheme,
+        token=token, certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
     )
 
 

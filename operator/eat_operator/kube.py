@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import ssl
+import time
 import urllib.parse
 from typing import Any
 
@@ -51,6 +53,22 @@ def load_configuration(kubeconfig: str | None) -> k8s_client.Configuration:
     return cfg
 
 
+def credentials(cfg: k8s_client.Configuration) -> tuple[str | None, str | None]:
+    """The bearer token of ``cfg`` as (scheme, token), re-read first where it rotates.
+
+    In a pod the kubelet rotates the service-account token file; the ``kubernetes`` package's
+    in-cluster loader gives a hook that re-reads it (at most once a minute). Its key reads
+    ``bearer <token>``, a kubeconfig's ``Bearer <token>``, a bare key just ``<token>``."""
+    hook = getattr(cfg, "refresh_api_key_hook", None)
+    if hook is not None:
+        hook(cfg)
+    raw = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
+    if not raw:
+        return None, None
+    scheme, sep, token = raw.partition(" ")
+    return ("Bearer", token.strip()) if sep else ("Bearer", scheme)
+
+
 def path(group: str, version: str, plural: str, namespace: str | None = None, name: str | None = None,
          subresource: str | None = None) -> str:
     base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
@@ -69,6 +87,9 @@ class Client:
     TransportError when there is no answer. At most ``concurrency`` requests are in flight
     (one kept-alive connection each); more wait for a free connection."""
 
+    REFRESH_S = 30.0
+    """How often the token is looked at again (the hook itself re-reads the file once a minute)."""
+
     def __init__(self, cfg: k8s_client.Configuration, concurrency: int = 32, timeout_s: float = 30.0) -> None:
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
         if not cfg.verify_ssl:
@@ -78,9 +99,9 @@ class Client:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
         self._ssl = ctx
         self._headers = {"Accept": "application/json", "User-Agent": "eat-operator"}
-        token = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
-        if token:
-            self._headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
+        self._cfg = cfg
+        self._authorization: str | None = None
+        self._checked = -math.inf
         self._base = str(cfg.host).rstrip("/")
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -103,9 +124,21 @@ class Client:
         if self._session is not None:
             await self._session.close()
 
+    def authorization(self) -> str | None:
+        """The Authorization header, as of at most ``REFRESH_S`` ago."""
+        now = time.monotonic()
+        if now - self._checked >= self.REFRESH_S:
+            self._checked = now
+            scheme, token = credentials(self._cfg)
+            self._authorization = f"{scheme} {token}" if token else None
+        return self._authorization
+
     async def request(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
                       params: dict[str, str] | None = None) -> Obj:
-        headers = {"Content-Type": content_type} if body is not None else None
+        headers = {"Content-Type": content_type} if body is not None else {}
+        authorization = self.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
         data = json.dumps(body).encode() if body is not None else None
         target = yarl.URL(self._base + url, encoded=True)
         if params:
