@@ -195,13 +195,24 @@ def annotate_node(client: httpx.Client, node: str, models: list[str]) -> None:
     r.raise_for_status()
 
 
-def in_cluster_client() -> httpx.Client:
+class ServiceAccountToken(httpx.Auth):
+    """The pod's service-account token, read for each request: the kubelet rotates the file
+    (hourly where the API server does not extend token lifetimes)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        request.headers["Authorization"] = f"Bearer {self.path.read_text().strip()}"
+        yield request
+
+
+def in_cluster_client(account: pathlib.Path = _SA) -> httpx.Client:
     host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-    token = (_SA / "token").read_text().strip()
     return httpx.Client(
         base_url=f"https://{host}:{port}",
-        headers={"Authorization": f"Bearer {token}"},
-        verify=str(_SA / "ca.crt"),
+        auth=ServiceAccountToken(account / "token"),
+        verify=str(account / "ca.crt"),
         timeout=10.0,
     )
 

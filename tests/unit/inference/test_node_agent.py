@@ -145,6 +145,24 @@ def test_node_annotation_patch() -> None:
     ]
 
 
+def test_annotations_use_the_current_service_account_token(tmp_path: pathlib.Path) -> None:
+    """The kubelet rotates the token file; each request reads it again."""
+    token = tmp_path / "token"
+    sent: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Authorization"])
+        return httpx.Response(200, json={})
+
+    with httpx.Client(base_url="https://kubernetes", auth=node_agent.ServiceAccountToken(token),
+                      transport=httpx.MockTransport(answer)) as c:
+        token.write_text("first\n")
+        node_agent.annotate_node(c, "gpu-node-1", ["sd-a"])
+        token.write_text("second\n")
+        node_agent.annotate_node(c, "gpu-node-1", ["sd-b"])
+    assert sent == ["Bearer first", "Bearer second"]
+
+
 def test_agent_process_serves_metrics(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
     """``eat-node-agent serve`` as a real process: pre-warm over HTTP, then scrape."""
     port = free_port()
