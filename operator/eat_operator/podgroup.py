@@ -52,9 +52,20 @@ def sim_duration_s(plan: Obj, s: settings_mod.Settings) -> float:
     return round(min(max(predicted * s.sim_duration_scale, 0.05), s.sim_duration_max_s), 3)
 
 
+RENDEZVOUS_PORTS = 64
+"""Attempt n's rank 0 listens on ``master_port + (n - 1) % RENDEZVOUS_PORTS``. Pod names
+repeat across attempts, so a container of an earlier attempt still running on a partitioned
+node resolves the same rank-0 name; on another port it cannot join the new gang."""
+
+
+def rendezvous_port(s: settings_mod.Settings, attempt: int) -> int:
+    return s.master_port + (attempt - 1) % RENDEZVOUS_PORTS
+
+
 def service(job: snapshot.JobView, s: settings_mod.Settings) -> Obj:
     """Headless Service ``<job>``: stable DNS for rank 0 (MASTER_ADDR) before pods are Ready.
-    Only groups of two or more pods get one: a single pod has no rendezvous."""
+    Only groups of two or more pods get one: a single pod has no rendezvous. Its port is the
+    first attempt's; a headless Service's DNS name reaches any port of the pod."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -86,11 +97,12 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
     node = nodes[rank]
     name = pod_name(job.name, rank)
     steps = int(plan.get("steps") or 0)
+    port = rendezvous_port(s, attempt)
     env = [
         {"name": "RANK", "value": str(rank)},
         {"name": "WORLD_SIZE", "value": str(k)},
         {"name": "MASTER_ADDR", "value": f"{pod_name(job.name, 0)}.{job.name}.{job.namespace}.svc"},
-        {"name": "MASTER_PORT", "value": str(s.master_port)},
+        {"name": "MASTER_PORT", "value": str(port)},
         {"name": "EAT_INFER_JOB", "value": f"{job.namespace}/{job.name}"},
         {"name": "EAT_INFER_MODEL", "value": spec.model},
         {"name": "EAT_INFER_PROMPT", "value": spec.prompt},
@@ -115,7 +127,7 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
         "imagePullPolicy": s.image_pull_policy,
         "env": env,
         "resources": resources,
-        "ports": [{"name": "rendezvous", "containerPort": s.master_port}] if rank == 0 else [],
+        "ports": [{"name": "rendezvous", "containerPort": port}] if rank == 0 else [],
         "volumeMounts": [
             {"name": "model-cache", "mountPath": s.model_cache_mount},
             {"name": "output", "mountPath": s.output_mount},

@@ -88,8 +88,9 @@ class Settings(BaseSettings):
     resources: dict[str, Any] = Field(default_factory=lambda: {"requests": {"cpu": "1", "memory": "4Gi"}})
     """Container resources; the one GPU per pod is added to limits by the operator."""
     scheduler_name: str = "eat-scheduler"
-    master_port: int = Field(default=29500, gt=0, lt=65536)
-    """Rank 0's TCPStore port (torchrun's default)."""
+    master_port: int = Field(default=29500, gt=0, le=65535 - 63)
+    """Rank 0's TCPStore port (torchrun's default) in the first attempt; later attempts use the
+    next ports, up to 63 above (``podgroup.RENDEZVOUS_PORTS``)."""
     model_cache_host_path: str | None = "/var/lib/eat/models"
     """Node-local model cache (hostPath); None: an emptyDir (always cold)."""
     model_cache_mount: str = "/models"

@@ -48,6 +48,21 @@ def test_k_pods_named_by_rank_with_gang_annotations(settings) -> None:  # type: 
         assert vols["model-cache"]["hostPath"]["path"] == "/var/lib/eat/models" and "emptyDir" in vols["output"]
 
 
+def test_each_attempt_meets_on_its_own_port(settings) -> None:  # type: ignore[no-untyped-def]
+    # Pod names repeat across attempts: a rank left running from attempt 1 resolves the same
+    # rank-0 name, so it must not find attempt 2's TCPStore on its port.
+    j, first = build(settings)
+    sp = spec_mod.parse(j.body, MODELS)
+    assert j.plan is not None
+    second = podgroup.pods(j, sp, j.plan, 2, settings)
+    port = {a: [{e["name"]: e["value"] for e in p["spec"]["containers"][0]["env"]}["MASTER_PORT"] for p in pods]
+            for a, pods in ((1, first), (2, second))}
+    assert port == {1: ["29500"] * 3, 2: ["29501"] * 3}
+    assert second[0]["spec"]["containers"][0]["ports"] == [{"name": "rendezvous", "containerPort": 29501}]
+    later = podgroup.pods(j, sp, j.plan, 1 + podgroup.RENDEZVOUS_PORTS, settings)
+    assert later[0]["spec"]["containers"][0]["ports"][0]["containerPort"] == 29500  # ports cycle
+
+
 def test_builder_is_deterministic_and_does_not_share_settings(settings) -> None:  # type: ignore[no-untyped-def]
     _, a = build(settings)
     _, b = build(settings)
