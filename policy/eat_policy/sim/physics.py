@@ -250,18 +250,12 @@ class EdgePhysics:
                 out[k] = steps * (spec.t_floor_s + compute / sp)
         return out
 
-    def search(
-        self, snap: Snapshot, j: int, steps: int, r: Readiness, step_s: dict[int, np.ndarray] | None = None,
-    ) -> list[Placement]:
-        """``candidates`` from a readiness of the job's model.
-
-        ``step_s`` may pass ``self.step_s`` for the job, computed once for many searches.
-        """
+    def search(self, snap: Snapshot, j: int, steps: int, r: Readiness) -> list[Placement]:
+        """``candidates`` from a readiness of the job's model."""
         m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
         spec = self.models[m]
         ks = snap.allowed_k(j)
-        if step_s is None:
-            step_s = self.step_s(snap, m, px, steps, ks)
+        step_s = self.step_s(snap, m, px, steps, ks)
         out = []
         for k in ks:
             if k > r.usable:
