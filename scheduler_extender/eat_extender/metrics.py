@@ -7,6 +7,11 @@ prefix, unit in the name, ``_total`` on counters (the client adds it).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -64,3 +69,24 @@ node_refreshes = Counter(
 cache_nodes = Gauge("eat_extender_cache_nodes", "Nodes in the extender's cache.", registry=REGISTRY)
 cache_pods = Gauge("eat_extender_cache_pods", "GPU pods and pod-group members in the cache.", registry=REGISTRY)
 cache_synced = Gauge("eat_extender_cache_synced", "1 once nodes and pods have been listed.", registry=REGISTRY)
+
+
+@dataclasses.dataclass
+class Call:
+    outcome: str = "ok"
+    """Set by the route: ok, bad_request, not_synced or internal_error."""
+
+
+@contextlib.contextmanager
+def observed(verb: str) -> Iterator[Call]:
+    """Time one kube-scheduler call and count it by its outcome; an escaping exception counts
+    as ``internal_error``."""
+    call, t0 = Call(), time.perf_counter()
+    try:
+        yield call
+    except Exception:
+        call.outcome = "internal_error"
+        raise
+    finally:
+        request_seconds.labels(verb).observe(time.perf_counter() - t0)
+        requests.labels(verb, call.outcome).inc()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from fastapi import APIRouter, Request, Response
 
@@ -36,34 +35,29 @@ NOT_SYNCED = ("eat-extender: not synced with the API server yet (nodes and pods 
              summary="Filter candidate nodes for a pod (kube-scheduler extender filter verb)")
 async def filter_nodes(request: Request, cache: CacheDep, clock: ClockDep, settings: SettingsDep,
                        refresher: RefresherDep) -> Response:
-    t0 = time.perf_counter()
-    outcome = "ok"
-    try:
+    with metrics.observed(VERB) as call:
         try:
             args, candidates = _body.parse_args(await request.body())
+            cluster = cache.snapshot()
+            if not cluster.synced:
+                call.outcome = "not_synced"
+                return _answer(wire.ExtenderFilterResult(Error=NOT_SYNCED))
+            now = clock()
+            pod = state.pod_view(args.pod)
+            decision = filtering.decide(pod, candidates, cluster, now)
+            if decision.short_nodes and refresher is not None and await _refreshed(refresher, decision.short_nodes):
+                decision = filtering.decide(pod, candidates, cache.snapshot(), now)
+            if decision.admit_group is not None:
+                cache.admit(decision.admit_group, now + settings.gang_hold_s)
+            _count(decision)
+            return Response(content=answer(args, decision), media_type="application/json")
         except _body.BadRequest as e:
-            outcome = "bad_request"
+            call.outcome = "bad_request"
             return _answer(wire.ExtenderFilterResult(Error=f"eat-extender: {e}"))
-        cluster = cache.snapshot()
-        if not cluster.synced:
-            outcome = "not_synced"
-            return _answer(wire.ExtenderFilterResult(Error=NOT_SYNCED))
-        now = clock()
-        pod = state.pod_view(args.pod)
-        decision = filtering.decide(pod, candidates, cluster, now)
-        if decision.short_nodes and refresher is not None and await _refreshed(refresher, decision.short_nodes):
-            decision = filtering.decide(pod, candidates, cache.snapshot(), now)
-        if decision.admit_group is not None:
-            cache.admit(decision.admit_group, now + settings.gang_hold_s)
-        _count(decision)
-        return Response(content=answer(args, decision), media_type="application/json")
-    except Exception as e:  # a bug: answer in Error (the scheduler skips us), log it, count it
-        outcome = "internal_error"
-        log.exception("filter failed")
-        return _answer(wire.ExtenderFilterResult(Error=f"eat-extender: internal error: {type(e).__name__}: {e}"))
-    finally:
-        metrics.request_seconds.labels(VERB).observe(time.perf_counter() - t0)
-        metrics.requests.labels(VERB, outcome).inc()
+        except Exception as e:  # a bug: answer in Error (the scheduler skips us), log it, count it
+            call.outcome = "internal_error"
+            log.exception("filter failed")
+            return _answer(wire.ExtenderFilterResult(Error=f"eat-extender: internal error: {type(e).__name__}: {e}"))
 
 
 async def _refreshed(refresher: Refresher, nodes: tuple[str, ...]) -> bool:

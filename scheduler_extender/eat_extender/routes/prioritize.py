@@ -7,8 +7,6 @@ prioritize call (the other scores decide), so a 4xx is the honest answer here.
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request, Response
 
 from eat_extender import metrics, prioritizing, state, wire
@@ -24,22 +22,14 @@ VERB = "prioritize"
              responses={400: {"description": "The body is not an ExtenderArgs: {\"Error\": \"...\"}"}},
              summary="Score candidate nodes for a pod (kube-scheduler extender prioritize verb)")
 async def prioritize_nodes(request: Request, cache: CacheDep, clock: ClockDep) -> Response:
-    t0 = time.perf_counter()
-    outcome = "ok"
-    try:
+    with metrics.observed(VERB) as call:
         try:
             args, candidates = _body.parse_args(await request.body())
         except _body.BadRequest as e:
-            outcome = "bad_request"
+            call.outcome = "bad_request"
             return Response(content=wire.ErrorBody(Error=f"eat-extender: {e}").model_dump_json(),
                             status_code=400, media_type="application/json")
         pod = state.pod_view(args.pod)
         scores = prioritizing.decide(pod, candidates, cache.snapshot(), clock())
         metrics.decisions.labels(VERB, scores.kind.value, "scored").inc()
         return Response(content=wire.host_priority_list_json(scores.scores), media_type="application/json")
-    except Exception:
-        outcome = "internal_error"
-        raise
-    finally:
-        metrics.request_seconds.labels(VERB).observe(time.perf_counter() - t0)
-        metrics.requests.labels(VERB, outcome).inc()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from eat_extender import cache, deps, wire
+from eat_extender import cache, deps, filtering, metrics, prioritizing, wire
 from eat_extender.app import app
 
 from . import kube
@@ -182,6 +182,26 @@ def test_metrics_count_latency_decisions_and_rejections(client: Any, cluster: ca
         "eat_extender_cache_synced 1.0",
     ]:
         assert line in text, line
+
+
+def test_a_bug_in_either_verb_is_counted_as_an_internal_error(client: Any, cluster: cache.ClusterCache,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    def errors(verb: str) -> float:
+        labels = {"verb": verb, "outcome": "internal_error"}
+        return metrics.REGISTRY.get_sample_value("eat_extender_requests_total", labels) or 0.0
+
+    before = {verb: errors(verb) for verb in ("filter", "prioritize")}
+    monkeypatch.setattr(filtering, "decide", broken)
+    monkeypatch.setattr(prioritizing, "decide", broken)
+    answer = post(client, "filter", kube.fixture("filter_args_planned.json"))
+    assert answer.status_code == 200  # kube-scheduler skips an ignorable extender that answers Error
+    assert answer.json()["Error"] == "eat-extender: internal error: RuntimeError: boom"
+    with pytest.raises(RuntimeError, match="boom"):  # prioritize has no Error field: a 500
+        post(client, "prioritize", kube.fixture("prioritize_args_unplanned.json"))
+    assert {verb: errors(verb) - before[verb] for verb in before} == {"filter": 1.0, "prioritize": 1.0}
 
 
 def test_health(client: Any, cluster: cache.ClusterCache) -> None:
