@@ -165,8 +165,7 @@ class _Tables:
 
     def __init__(self, snap: Snapshot, phys: physics.EdgePhysics) -> None:
         self.phys = phys
-        self.layout = (snap.slots, snap.gpu_node, snap.gpu_speed, snap.node_speed, snap.node_link, snap.node_gpu_mem_gb,
-                       snap.k_choices)
+        self.layout = _layout(snap)
         self.gpu_node = snap.gpu_node.astype(np.int64)
         self.gpu_speed = snap.gpu_speed.astype(np.float64)
         self.speeds, speed_id = np.unique(self.gpu_speed, return_inverse=True)
@@ -185,8 +184,7 @@ class _Tables:
         self.out = np.empty(max((*snap.k_choices, 8)), np.int64)
 
     def matches(self, snap: Snapshot) -> bool:
-        now = (snap.slots, snap.gpu_node, snap.gpu_speed, snap.node_speed, snap.node_link, snap.node_gpu_mem_gb,
-               snap.k_choices)
+        now = _layout(snap)
         if all(a is b for a, b in zip(now, self.layout)):
             return True
         return all(
@@ -220,6 +218,12 @@ class _Tables:
         self.single_fixed = np.concatenate([self.single_fixed, single_fixed])
         self.cross_per_step = np.concatenate([self.cross_per_step, cross_per_step])
         self.cross_fixed = np.concatenate([self.cross_fixed, cross_fixed])
+
+
+def _layout(snap: Snapshot) -> tuple[object, ...]:
+    """What the kernel's tables depend on besides the job: the cluster's shape and the k choices."""
+    return (snap.slots, snap.gpu_node, snap.gpu_speed, snap.node_speed, snap.node_link, snap.node_gpu_mem_gb,
+            snap.k_choices)
 
 
 def reference_steps(snap: Snapshot, j: int, default_steps: int = DEFAULT_STEPS) -> int:
