@@ -34,7 +34,8 @@ from eat_policy.snapshot import Snapshot
 
 N_K = len(features.K_VALUES)
 STEP_BINS = 8
-"""Same as ``sim.env.STEP_BINS``: a bin b maps to steps lo + round(b/7·(hi − lo))."""
+"""Default steps bins of the actor (a checkpoint records its own): over a job's steps range
+[lo, hi], bin b of B means lo + round(b/(B − 1)·(hi − lo)) steps (``steps_of_bin``)."""
 EXTRA_NODE_DIM = N_K + 1
 """Per node: for each k, "this node's live warm group has exactly k members, all idle"; and
 "this node belongs to a live group". The service computes them from ``Snapshot.node_group``."""
@@ -218,15 +219,19 @@ class Actor(nn.Module):
     through the whole chain. With 0 (plain SAC) the heads emit logits directly.
     """
 
-    def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32, diffusion_steps: int = 5) -> None:
+    def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32, diffusion_steps: int = 5,
+                 step_bins: int = STEP_BINS) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        self.variant = variant
+        if step_bins < 2:
+            raise ValueError(f"step_bins must be at least 2, got {step_bins}")
+        self.variant, self.step_bins = variant, step_bins
+        S = step_bins
         self.encoder = Encoder(d, dp, attention=variant != "d-sac")
         self.T = 0 if variant == "sac" else diffusion_steps
         te = 16 if self.T else 0
-        self.job_head = mlp(d + N_K * STEP_BINS * (self.T > 0) + te, d, N_K * STEP_BINS)
+        self.job_head = mlp(d + N_K * S * (self.T > 0) + te, d, N_K * S)
         self.pair_head = mlp(dp + N_K * (self.T > 0) + te, dp, N_K)
         self.wait_head = mlp(d + (self.T > 0) + te, d, 1)
         if self.T:
@@ -251,7 +256,7 @@ class Actor(nn.Module):
             e = Encoded(e.glob.roll(1, 0), e.jobs.roll(1, 1), e.pairs.roll(1, 2))
         b, j, n = e.pairs.shape[:3]
         if not self.T:
-            return (self.job_head(e.jobs).view(b, j, N_K, STEP_BINS), self.pair_head(e.pairs),
+            return (self.job_head(e.jobs).view(b, j, N_K, self.step_bins), self.pair_head(e.pairs),
                     self.wait_head(e.glob)[:, 0])
         # Reverse process, as a numbered loop (DDPM, Ho et al. eqs. 6-7, in the x_0-prediction
         # form of Diffusion-QL's ``predict_epsilon=False``: the ε form amplifies an untrained
@@ -260,7 +265,7 @@ class Actor(nn.Module):
         def noise(*shape: int) -> torch.Tensor:
             return torch.randn(*shape, generator=generator, device=e.glob.device)
 
-        xu, xv, xw = noise(b, j, N_K * STEP_BINS), noise(b, j, n, N_K), noise(b, 1)
+        xu, xv, xw = noise(b, j, N_K * self.step_bins), noise(b, j, n, N_K), noise(b, 1)
         # The state part of each denoiser's first layer is the same at every step: project once.
         heads = [_Split(h, z.shape[-1]) for h, z in ((self.job_head, e.jobs), (self.pair_head, e.pairs), (self.wait_head, e.glob))]
         su, sv, sw = heads[0].state(e.jobs), heads[1].state(e.pairs), heads[2].state(e.glob)
@@ -277,7 +282,7 @@ class Actor(nn.Module):
             xu = c0 * x0u + c1 * xu + sigma * noise(*xu.shape)
             xv = c0 * x0v + c1 * xv + sigma * noise(*xv.shape)
             xw = c0 * x0w + c1 * xw + sigma * noise(*xw.shape)
-        return xu.view(b, j, N_K, STEP_BINS), xv, xw[:, 0]
+        return xu.view(b, j, N_K, self.step_bins), xv, xw[:, 0]
 
 
 class _Split:
@@ -316,18 +321,27 @@ def greedy_index(logp: torch.Tensor) -> int:
     return 1 + int(logp[1:].argmax())
 
 
-def decode(index: int, j: int, n: int) -> tuple[int, int, int, int] | None:
+def decode(index: int, j: int, n: int, bins: int = STEP_BINS) -> tuple[int, int, int, int] | None:
     """Flat option index → (job, anchor node, k index, steps bin), or None for wait."""
     if index == 0:
         return None
-    job, rest = divmod(index - 1, n * N_K * STEP_BINS)
-    node, rest = divmod(rest, N_K * STEP_BINS)
-    ki, bin_ = divmod(rest, STEP_BINS)
+    job, rest = divmod(index - 1, n * N_K * bins)
+    node, rest = divmod(rest, N_K * bins)
+    ki, bin_ = divmod(rest, bins)
     return job, node, ki, bin_
 
 
-def encode(job: int, node: int, ki: int, bin_: int, n: int) -> int:
-    return 1 + ((job * n + node) * N_K + ki) * STEP_BINS + bin_
+def encode(job: int, node: int, ki: int, bin_: int, n: int, bins: int = STEP_BINS) -> int:
+    return 1 + ((job * n + node) * N_K + ki) * bins + bin_
+
+
+def steps_of_bin(lo: int, hi: int, b: int, bins: int) -> int:
+    return lo + round(b / (bins - 1) * (hi - lo))
+
+
+def bin_of_steps(lo: int, hi: int, steps: int, bins: int) -> int:
+    """The bin whose steps are nearest ``steps`` (the inverse of ``steps_of_bin``)."""
+    return 0 if hi == lo else int(round((steps - lo) / (hi - lo) * (bins - 1)))
 
 
 # --- critic ---------------------------------------------------------------------------------
@@ -337,19 +351,20 @@ class Critic(nn.Module):
     """Q(s, ·) for every option at once: Q[j,n,k,b] = Qu[j,k,b] + Qv[j,n,k]; Q[wait] from the
     global token. Exact expectations over the (masked) policy, as discrete SAC needs."""
 
-    def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32) -> None:
+    def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32, step_bins: int = STEP_BINS) -> None:
         super().__init__()
         self.encoder = Encoder(d, dp, attention=variant != "d-sac")
-        self.qu, self.qv, self.qw = mlp(d, d, N_K * STEP_BINS), mlp(dp, dp, N_K), mlp(d, d, 1)
+        self.step_bins = step_bins
+        self.qu, self.qv, self.qw = mlp(d, d, N_K * step_bins), mlp(dp, dp, N_K), mlp(d, d, 1)
 
     def forward(self, o: dict[str, torch.Tensor]) -> torch.Tensor:
         e = self.encoder(o)
         b, j = e.jobs.shape[:2]
-        q = self.qu(e.jobs).view(b, j, 1, N_K, STEP_BINS) + self.qv(e.pairs)[..., None]
+        q = self.qu(e.jobs).view(b, j, 1, N_K, self.step_bins) + self.qv(e.pairs)[..., None]
         return torch.cat([self.qw(e.glob), q.reshape(b, -1)], 1)
 
 
 def config_of(actor: Actor) -> dict[str, Any]:
     enc = actor.encoder
     return {"variant": actor.variant, "d": enc.node_in[0].out_features, "dp": enc.pj.out_features,
-            "diffusion_steps": actor.T or 5}
+            "diffusion_steps": actor.T or 5, "step_bins": actor.step_bins}

@@ -83,6 +83,9 @@ class Args:
     """Length T of the reverse chain (D2SAC uses 5; the prototype 10)."""
     d_model: int = 64
     """Token width of the encoders."""
+    step_bins: int = 8
+    """Steps bins over each job's range (8: 1, 5, 10, 14, 19, 23, 28, 32 on the paper's 1–32;
+    16 adds 3, 7, …, 30, the paper's best-quality step count)."""
     bc_policy: Optional[str] = None
     """Warm start: fill the buffer with this heuristic's episodes and clone it first (reported)."""
     bc_episodes: int = 0
@@ -137,7 +140,7 @@ def make_env(args: Args, rng: np.random.Generator) -> sim_env.SchedulingEnv:
     point = float(rng.uniform(lo, hi))
     options = modes(args)
     mode = options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
-    return sim_env.SchedulingEnv(make_scenario(args, point, mode))
+    return sim_env.SchedulingEnv(make_scenario(args, point, mode), args.step_bins)
 
 
 def time_in_system(env: sim_env.SchedulingEnv, t0: float, t1: float) -> float:
@@ -151,7 +154,7 @@ def time_in_system(env: sim_env.SchedulingEnv, t0: float, t1: float) -> float:
 def step(env: sim_env.SchedulingEnv, args: Args, index: int, v: np.ndarray | None) -> tuple[float, bool, dict]:
     """Apply a flat option index; returns (training reward, done, info)."""
     snap = env.sim.snapshot()
-    option = nets.decode(index, snap.n_jobs, snap.n_nodes)
+    option = nets.decode(index, snap.n_jobs, snap.n_nodes, args.step_bins)
     t0 = snap.now
     if option is None:
         action = {"job": env.scenario.window, "k": 0, "node_scores": np.zeros(snap.n_nodes), "steps": 0}
@@ -159,7 +162,7 @@ def step(env: sim_env.SchedulingEnv, args: Args, index: int, v: np.ndarray | Non
     else:
         free = env._last_obs.free[option[0]]
         pointer = np.zeros(snap.n_nodes) if v is None else v
-        d = eat_agent.to_decision(snap, option, pointer, free)
+        d = eat_agent.to_decision(snap, option, pointer, free, args.step_bins)
         action = {"job": d.job, "k": nets.features.K_VALUES.index(d.k), "node_scores": _scores_for(d, snap), "steps": option[3]}
         quality = float(env.sim.physics.quality(snap, d.job, d.steps))
     _, r_env, done, _, info = env.step(action)
@@ -218,7 +221,7 @@ def greedy_eval(actor: nets.Actor, args: Args) -> dict[str, float]:
     policy = eat_agent.LearnedPolicy(args.variant, actor=actor)
     rows: dict[str, list[float]] = {"resp_mean_s": [], "quality_mean": [], "deadline_attainment": [], "return": []}
     for point, mode in itertools.product(args.eval_points, modes(args)):
-        env = sim_env.SchedulingEnv(make_scenario(args, point, mode))
+        env = sim_env.SchedulingEnv(make_scenario(args, point, mode), args.step_bins)
         for s in range(args.eval_seeds):
             env.reset(seed=100_000 + s)
             policy.reset(100_000 + s)
@@ -283,8 +286,8 @@ def train(args: Args) -> Path:
     (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), default=str, indent=1))
 
     # ALGO LOGIC: networks, targets, optimisers, entropy temperature
-    actor = nets.Actor(args.variant, args.d_model, diffusion_steps=args.diffusion_steps)
-    qf1, qf2 = nets.Critic(args.variant, args.d_model), nets.Critic(args.variant, args.d_model)
+    actor = nets.Actor(args.variant, args.d_model, diffusion_steps=args.diffusion_steps, step_bins=args.step_bins)
+    qf1, qf2 = (nets.Critic(args.variant, args.d_model, step_bins=args.step_bins) for _ in range(2))
     qf1_target, qf2_target = copy.deepcopy(qf1), copy.deepcopy(qf2)
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.lr)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.lr)
@@ -337,11 +340,11 @@ def train(args: Args) -> Path:
                 u, v, w = actor(o)
                 logp = nets.joint_log_probs(u, v, w, mask)[0]
             if global_step - start_step < args.learning_starts and not args.bc_policy and not args.resume:
-                feasible = torch.cat([torch.ones(1, dtype=torch.bool), mask[0].flatten().repeat_interleave(nets.STEP_BINS)])
+                feasible = torch.cat([torch.ones(1, dtype=torch.bool), mask[0].flatten().repeat_interleave(args.step_bins)])
                 index = int(torch.multinomial(feasible.float(), 1))
             else:
                 index = int(torch.multinomial(logp.exp(), 1))
-            option = nets.decode(index, env.sim.snapshot().n_jobs, env.sim.snapshot().n_nodes)
+            option = nets.decode(index, env.sim.snapshot().n_jobs, env.sim.snapshot().n_nodes, args.step_bins)
             pointer = v[0, option[0], :, option[2]].numpy() if option else None
             reward, done, info = step(env, args, index, pointer)
             episode_return += reward
@@ -455,7 +458,7 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
         torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
         actor_optimizer.step()
         entropy = -(p * logp).sum(1).detach()
-        n_feasible = mask.flatten(1).sum(1) * nets.STEP_BINS + 1
+        n_feasible = mask.flatten(1).sum(1) * args.step_bins + 1
         target = args.target_entropy_frac * torch.log(n_feasible.float())
         alpha_loss = (log_alpha * (entropy - target)).mean()
         a_optimizer.zero_grad()
@@ -487,7 +490,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
         while not done:
             snap = env.sim.snapshot()
             obs = nets.observe(snap, env.scenario.window)
-            index = option_of(snap, teacher.decide(snap))
+            index = option_of(snap, teacher.decide(snap), args.step_bins)
             reward, done, _ = step(env, args, index, None)
             next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window)
             rb.add(obs, index, reward, next_obs, done)
@@ -502,15 +505,15 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
                    qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
 
 
-def option_of(snap: Any, d: Any) -> int:
+def option_of(snap: Any, d: Any, bins: int) -> int:
     """A heuristic's Decision as the nearest option (anchor = the node holding most of its GPUs)."""
     if d is None:
         return 0
     nodes = [int(snap.gpu_node[g]) for g in d.gpus]
     anchor = max(set(nodes), key=nodes.count)
     lo, hi = int(snap.job_steps_min[d.job]), int(snap.job_steps_max[d.job])
-    b = 0 if hi == lo else int(round((d.steps - lo) / (hi - lo) * (nets.STEP_BINS - 1)))
-    return nets.encode(d.job, anchor, nets.features.K_VALUES.index(d.k), b, snap.n_nodes)
+    b = nets.bin_of_steps(lo, hi, d.steps, bins)
+    return nets.encode(d.job, anchor, nets.features.K_VALUES.index(d.k), b, snap.n_nodes, bins)
 
 
 def save_policy(actor: nets.Actor, path: Path) -> None:
@@ -548,6 +551,7 @@ def main(
     bc_updates: int = 0,
     bc_weight: Annotated[float, typer.Option(help="Keep this weight x the clone loss in SAC's actor loss.")] = 0.0,
     quality_weight: Annotated[Optional[float], typer.Option(help="Reward per unit quality Q (paper default 8: 80 job-seconds).")] = None,
+    step_bins: Annotated[int, typer.Option(help="Steps bins over each job's range (the checkpoint records it).")] = 8,
     threads: int = 1,
     out: Path = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(help="Run directory to resume.")] = None,
@@ -558,12 +562,15 @@ def main(
         raise typer.BadParameter(f"scenario must be paper or edge, got {scenario!r}")
     if variant not in nets.VARIANTS:
         raise typer.BadParameter(f"variant must be one of {', '.join(nets.VARIANTS)}, got {variant!r}")
+    if step_bins < 2:
+        raise typer.BadParameter(f"step-bins must be at least 2, got {step_bins}")
     if mode not in ("choose-k", "fixed-k", "mixed"):
         raise typer.BadParameter(f"mode must be choose-k, fixed-k or mixed, got {mode!r}")
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
                 max_minutes=max_minutes, nodes=nodes, mode=mode, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, bc_policy=bc_policy, bc_episodes=bc_episodes,
-                bc_updates=bc_updates, bc_weight=bc_weight, threads=threads, out=out, resume=resume, export=export)
+                bc_updates=bc_updates, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
+                export=export)
     if quality_weight is not None:
         args.quality_weight = quality_weight
     run_dir = train(args)

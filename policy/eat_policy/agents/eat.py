@@ -38,9 +38,14 @@ def load_actor(path: Path, device: str = "cpu") -> nets.Actor:
     """A policy checkpoint ({"config": ..., "actor": state_dict}) as an eval-mode Actor."""
     blob = torch.load(path, map_location=device, weights_only=True)
     cfg = blob["config"]
-    actor = nets.Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"])
+    actor = nets.Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"], _bins(cfg))
     actor.load_state_dict(blob["actor"])
     return actor.to(device).eval()
+
+
+def _bins(cfg: dict[str, Any]) -> int:
+    """Steps bins of a checkpoint; those written before the setting existed used 8."""
+    return int(cfg.get("step_bins", 8))
 
 
 def checkpoint_key(snap: Snapshot) -> str:
@@ -65,8 +70,10 @@ def _shipped(variant: str, key: str) -> nets.Actor:
     return _loaded(str(path))
 
 
-def to_decision(snap: Snapshot, option: tuple[int, int, int, int], pointer: np.ndarray, free: np.ndarray) -> Decision:
-    """(job, anchor node, k index, steps bin) → Decision; ``pointer`` are the job's node scores."""
+def to_decision(snap: Snapshot, option: tuple[int, int, int, int], pointer: np.ndarray, free: np.ndarray,
+                bins: int) -> Decision:
+    """(job, anchor node, k index, steps bin of ``bins``) → Decision; ``pointer`` are the job's
+    node scores."""
     j, anchor, ki, b = option
     k = nets.features.K_VALUES[ki]
     scores = pointer.astype(np.float64).copy()
@@ -76,7 +83,7 @@ def to_decision(snap: Snapshot, option: tuple[int, int, int, int], pointer: np.n
     scores[anchor] += ANCHOR_BONUS
     gpus = sim_env.fill_gpus(snap, j, scores, k, free.astype(np.int64))
     lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
-    return Decision(j, gpus, lo + round(b / (nets.STEP_BINS - 1) * (hi - lo)))
+    return Decision(j, gpus, nets.steps_of_bin(lo, hi, b, bins))
 
 
 def act(
@@ -94,11 +101,11 @@ def act(
             index = nets.greedy_index(logp)
         else:
             index = int(torch.multinomial(logp.exp(), 1, generator=generator))
-    option = nets.decode(index, snap.n_jobs, snap.n_nodes)
+    option = nets.decode(index, snap.n_jobs, snap.n_nodes, actor.step_bins)
     if option is None:
         return None, obs, index, None
     pointer = v[0, option[0], :, option[2]].numpy()
-    return to_decision(snap, option, pointer, obs["free"][option[0]]), obs, index, pointer
+    return to_decision(snap, option, pointer, obs["free"][option[0]], actor.step_bins), obs, index, pointer
 
 
 @dataclasses.dataclass
@@ -131,11 +138,12 @@ class Instant:
         job_mask, k_mask, free = nets.features.masks(snap)
         mask = torch.from_numpy(job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None])
         logp = nets.joint_log_probs(self.u[None, rows], self.v[None, rows], self.w, mask[None])[0]
-        option = nets.decode(nets.greedy_index(logp), snap.n_jobs, snap.n_nodes)
+        bins = self.u.shape[-1]
+        option = nets.decode(nets.greedy_index(logp), snap.n_jobs, snap.n_nodes, bins)
         if option is None:
             return None
         pointer = self.v[rows[option[0]], :, option[2]].numpy()
-        return to_decision(snap, option, pointer, free[option[0]] > 0)
+        return to_decision(snap, option, pointer, free[option[0]] > 0, bins)
 
 
 class LearnedPolicy:
@@ -197,7 +205,7 @@ def _truncated(variant: str, key: str, steps: int) -> nets.Actor:
     """The shipped actor run with a shorter chain (its first ``steps`` noise levels)."""
     full = _shipped(variant, key)
     cfg: dict[str, Any] = nets.config_of(full)
-    actor = nets.Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"])
+    actor = nets.Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"], cfg["step_bins"])
     actor.load_state_dict(full.state_dict())
     actor.T = steps
     return actor.eval()

@@ -3,7 +3,8 @@
 Observation: ``features.featurize`` of the snapshot, padded to the scenario's window.
 Action (a Dict): ``job`` (window slot, or ``window`` to wait), ``k`` (index into
 ``features.K_VALUES``), ``node_scores`` (pointer-style scores over nodes: GPUs are taken from
-the highest-scoring nodes first) and ``steps`` (a bin over the job's steps range).
+the highest-scoring nodes first) and ``steps`` (one of ``step_bins`` bins over the job's steps
+range).
 Choices the masks rule out are repaired to the nearest feasible one, or become a wait.
 """
 
@@ -24,8 +25,8 @@ STEP_BINS = 8
 class SchedulingEnv(gym.Env):  # type: ignore[type-arg]
     metadata = {"render_modes": []}
 
-    def __init__(self, scenario: scenarios.Scenario) -> None:
-        self.scenario = scenario
+    def __init__(self, scenario: scenarios.Scenario, step_bins: int = STEP_BINS) -> None:
+        self.scenario, self.step_bins = scenario, step_bins
         self.sim = engine.Simulator(scenario)
         n, j, k = scenario.n_nodes, scenario.window, len(features.K_VALUES)
         box = lambda *shape: gym.spaces.Box(-features.TIME_CLIP, features.TIME_CLIP, shape, np.float32)  # noqa: E731
@@ -42,7 +43,7 @@ class SchedulingEnv(gym.Env):  # type: ignore[type-arg]
             "job": gym.spaces.Discrete(j + 1),
             "k": gym.spaces.Discrete(k),
             "node_scores": gym.spaces.Box(-1.0, 1.0, (n,), np.float32),
-            "steps": gym.spaces.Discrete(STEP_BINS),
+            "steps": gym.spaces.Discrete(step_bins),
         })
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # type: ignore[override]
@@ -53,7 +54,7 @@ class SchedulingEnv(gym.Env):  # type: ignore[type-arg]
 
     def step(self, action: dict[str, Any]):  # type: ignore[override]
         snap = self.sim.snapshot()
-        decision = to_decision(snap, action, self._last_obs)
+        decision = to_decision(snap, action, self._last_obs, self.step_bins)
         reward = self.sim.step(decision)
         terminated = self.sim.done
         info = {"waited": decision is None}
@@ -80,7 +81,7 @@ def pad(obs: features.Observation, window: int) -> dict[str, np.ndarray]:
     }
 
 
-def to_decision(snap: Snapshot, action: dict[str, Any], obs: features.Observation) -> Decision | None:
+def to_decision(snap: Snapshot, action: dict[str, Any], obs: features.Observation, step_bins: int = STEP_BINS) -> Decision | None:
     """Turn a (possibly infeasible) action into a valid decision, or a wait."""
     j = int(action["job"])
     if j >= snap.n_jobs or not obs.job_mask[j]:
@@ -91,8 +92,7 @@ def to_decision(snap: Snapshot, action: dict[str, Any], obs: features.Observatio
     k = features.K_VALUES[ki]
     gpus = fill_gpus(snap, j, np.asarray(action["node_scores"], dtype=np.float64), k, obs.free[j])
     lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
-    steps = lo + round(int(action["steps"]) / (STEP_BINS - 1) * (hi - lo))
-    return Decision(j, gpus, steps)
+    return Decision(j, gpus, lo + round(int(action["steps"]) / (step_bins - 1) * (hi - lo)))
 
 
 def fill_gpus(snap: Snapshot, j: int, scores: np.ndarray, k: int, free: np.ndarray) -> tuple[int, ...]:

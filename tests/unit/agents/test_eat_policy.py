@@ -111,6 +111,47 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path) -> None:
         assert torch.equal(x, y)
 
 
+def test_a_checkpoint_carries_its_steps_bins_and_decisions_use_them(tmp_path) -> None:
+    torch.manual_seed(0)
+    actor = nets.Actor("eat", d=32, dp=16, step_bins=16).eval()
+    save_policy(actor, tmp_path / "p16.pt")
+    loaded = eat_agent.load_actor(tmp_path / "p16.pt")
+    assert loaded.step_bins == 16 and nets.config_of(loaded)["step_bins"] == 16
+    snap = _snapshot(scenarios.paper(rate=0.05), warm_steps=0)
+    u, _, _ = loaded(nets.to_tensors(nets.observe(snap)))
+    assert u.shape[-1] == 16
+    policy = eat_agent.LearnedPolicy("eat", actor=loaded)
+    seen = set()
+    for seed in range(3):
+        sim = engine.Simulator(scenarios.paper(rate=0.11))
+        sim.reset(seed)
+        policy.reset(seed)
+        while not sim.done:
+            d = policy.decide(sim.snapshot())
+            if d is not None:
+                seen.add(d.steps)
+            sim.step(d)
+    assert seen <= {nets.steps_of_bin(1, 32, b, 16) for b in range(16)}
+    assert seen - {nets.steps_of_bin(1, 32, b, 8) for b in range(8)}, "some decision used a bin 8 do not have"
+
+
+def test_checkpoints_from_before_the_setting_load_with_8_bins(tmp_path) -> None:
+    blob = {"config": {"variant": "eat", "d": 32, "dp": 16, "diffusion_steps": 5},
+            "actor": nets.Actor("eat", d=32, dp=16).state_dict()}
+    torch.save(blob, tmp_path / "old.pt")
+    assert eat_agent.load_actor(tmp_path / "old.pt").step_bins == 8
+
+
+@pytest.mark.parametrize("bins", [8, 16, 32])
+def test_steps_bins_round_trip(bins: int) -> None:
+    values = [nets.steps_of_bin(1, 32, b, bins) for b in range(bins)]
+    assert values[0] == 1 and values[-1] == 32 and values == sorted(set(values))
+    assert all(nets.bin_of_steps(1, 32, s, bins) == b for b, s in enumerate(values))
+    assert (30 in values) == (bins != 8)  # Q peaks at 30 steps; 8 bins jump from 28 to 32
+    for index in range(1, 1 + 3 * 4 * nets.N_K * bins, 37):
+        assert nets.encode(*nets.decode(index, 3, 4, bins), 4, bins) == index
+
+
 @pytest.mark.parametrize("name", ["eat-paper", "eat-paper-fixed-k", "eat-edge", "d-sac-paper", "sac-paper"])
 def test_shipped_checkpoints_are_small_and_load_safely(name: str) -> None:
     path = eat_agent.CHECKPOINTS / f"{name}.pt"
@@ -161,7 +202,7 @@ def test_warm_group_features_mark_ready_gangs() -> None:
     sim.reset(0)
     snap = sim.snapshot()
     assert not nets.warm_group_features(snap).any()
-    sim.step(eat_agent.to_decision(snap, (0, 0, 1, 4), np.zeros(4), np.ones(4)))  # k=2 on nodes 0, 1
+    sim.step(eat_agent.to_decision(snap, (0, 0, 1, 4), np.zeros(4), np.ones(4), 8))  # k=2 on nodes 0, 1
     extra = nets.warm_group_features(sim.snapshot())
     assert extra[[0, 1], nets.N_K].all() and not extra[[2, 3], nets.N_K].any()
     assert not extra[:, 1].any()  # the pair is busy, so not ready yet

@@ -46,6 +46,28 @@ def test_mixed_mode_trains_on_both_paper_modes_and_evaluates_each() -> None:
     assert train.modes(train.Args(scenario="edge")) == ("",)
 
 
+def test_a_clone_keeps_the_teachers_steps_to_the_nearest_bin() -> None:
+    import numpy as np
+
+    from eat_policy import nets, train
+    from eat_policy.agents import base
+
+    args = train.Args(scenario="paper", points=(0.11, 0.11), step_bins=16)
+    env = train.make_env(args, np.random.default_rng(0))
+    env.reset(seed=3)
+    teacher = base.make("cache-lct-queue")
+    teacher.reset(3)
+    while not env.sim.done:
+        snap = env.sim.snapshot()
+        d = teacher.decide(snap)
+        index = train.option_of(snap, d, args.step_bins)
+        if d is not None:
+            option = nets.decode(index, snap.n_jobs, snap.n_nodes, args.step_bins)
+            took = eat_agent.to_decision(snap, option, np.zeros(snap.n_nodes), env._last_obs.free[d.job], args.step_bins)
+            assert (took.job, took.k) == (d.job, d.k) and abs(took.steps - d.steps) <= 1
+        train.step(env, args, index, None)
+
+
 def test_cli_refuses_an_unknown_mode() -> None:
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--mode", "sometimes"], capture_output=True, text=True)
     assert r.returncode != 0 and "mode must be choose-k, fixed-k or mixed" in r.stderr

@@ -103,3 +103,48 @@ def test_steps_variant_spends_its_steps_on_jobs_without_a_deadline(name: str) ->
     assert fewer["quality_mean"] == pytest.approx(paper.quality(12))
     assert fewer["resp_mean_s"] < 0.9 * default["resp_mean_s"]
     assert base.make(f"{name}-steps:12").name == f"{name}-steps:12"
+
+
+def _steps_by_queue(policy: base.Policy, sim: engine.Simulator, seed: int) -> list[tuple[int, int]]:
+    """(queue length, steps) of each dispatch in one episode."""
+    sim.reset(seed)
+    policy.reset(seed)
+    out = []
+    while not sim.done:
+        snap = sim.snapshot()
+        d = policy.decide(snap)
+        if d is not None:
+            out.append((snap.queue_len, d.steps))
+        sim.step(d)
+    return out
+
+
+def test_queue_steps_spends_fewer_steps_the_longer_the_queue() -> None:
+    sim = engine.Simulator(scenarios.paper(rate=0.11))
+    seen = _steps_by_queue(base.make("cache-lct-queue"), sim, seed=1)
+    # All gangs are pairs of the 4 GPUs, so w = 1 + (queued - 1) / 2 and steps = 40 / w,
+    # clipped to 5 (the fewest with any quality) and 30 (the paper's best quality).
+    expected = {q: int(np.clip(round(40 / (1 + (q - 1) / 2)), 5, 30)) for q, _ in seen}
+    assert seen == [(q, expected[q]) for q, _ in seen]
+    assert {s for _, s in seen} >= {30, 10}  # empty-queue arrivals and the initial backlog
+
+
+def test_queue_steps_is_faster_than_cache_lct_at_no_lower_quality() -> None:
+    sim = engine.Simulator(scenarios.paper(rate=0.05))
+    runs = {name: [evaluate.run_episode(sim, base.make(name), seed)[0] for seed in range(3)]
+            for name in ("cache-lct", "cache-lct-queue")}
+    mean = {name: {m: np.mean([r[m] for r in rs]) for m in ("resp_mean_s", "quality_mean")} for name, rs in runs.items()}
+    assert mean["cache-lct-queue"]["resp_mean_s"] < mean["cache-lct"]["resp_mean_s"]
+    assert mean["cache-lct-queue"]["quality_mean"] >= mean["cache-lct"]["quality_mean"]
+
+
+def test_queue_steps_leaves_jobs_with_a_deadline_to_cache_lct() -> None:
+    sim = engine.Simulator(scenarios.edge(n_nodes=4, load=0.8, n_jobs=40))
+    assert _steps_by_queue(base.make("cache-lct-queue"), sim, 2) == _steps_by_queue(base.make("cache-lct"), sim, 2)
+
+
+@pytest.mark.parametrize("bad", ["0", "x", "101"])
+def test_queue_steps_rejects_a_bad_argument(bad: str) -> None:
+    with pytest.raises(base.UnknownPolicy, match="steps on an empty queue"):
+        base.make(f"cache-lct-queue:{bad}")
+    assert base.make("cache-lct-queue:30").name == "cache-lct-queue:30"
