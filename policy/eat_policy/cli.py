@@ -98,7 +98,7 @@ def simulate(
 def evaluate(
     scenario: ScenarioOpt = "paper",
     mode: ModeOpt = "choose-k",
-    policies: Annotated[str, typer.Option(help="Comma-separated policies.")] = "random,round-robin,first-fit,least-loaded,cache-lct,edf-cache,cache-lct-queue",
+    policies: Annotated[str, typer.Option(help="Comma-separated policies.")] = "random,round-robin,first-fit,least-loaded,cache-lct,edf-cache,cache-lct-queue,edf-cache-queue",
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; each seed is one arrival trace shared by all policies.")] = 20,
     rates: Annotated[Optional[str], typer.Option(help="Comma-separated λ (jobs/s). Default for paper: 0.01..0.11.")] = None,
     loads: Annotated[Optional[str], typer.Option(help="Edge: comma-separated offered loads ρ. Default 0.5,0.8,1.0.")] = None,

@@ -14,7 +14,8 @@
 
 All but ``random`` spend as many steps as still meet the deadline (best quality on time),
 or ``DEFAULT_STEPS`` for jobs without one (``cache-lct-steps:N``, ``edf-cache-steps:N``: N).
-``cache-lct-queue`` places like ``cache-lct`` but prices steps by the queue (``QueueStepsPolicy``).
+``cache-lct-queue``, ``edf-cache-queue``: the same, spending GPU time as if scarce while jobs
+queue: fewer patches, and fewer steps the longer the queue (``QueueAware``).
 
 The cache-aware policies' planning lives in ``cache_aware``: defined by ``plan_simply``,
 answered on edge by ``Planner``, which reaches the same decisions with a fraction of the
@@ -23,6 +24,8 @@ candidate searches by carrying each job's last search across decisions.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Callable
 
 import numpy as np
@@ -30,7 +33,7 @@ import numpy as np
 from eat_policy.agents import base
 from eat_policy.agents.cache_aware import DEFAULT_STEPS, LOOKAHEAD, Planner, plan_simply
 from eat_policy.snapshot import Decision, Snapshot
-from eat_policy.sim import catalog, physics
+from eat_policy.sim import catalog, paper, physics
 
 
 
@@ -157,36 +160,55 @@ class EdfCachePolicy(CacheAwareLCTPolicy):
 
 
 QUEUE_STEPS = 40
-"""``cache-lct-queue``'s steps on an empty queue. On held-out seeds (100000–100009, λ 0.05
+"""The queue-aware policies' steps on an empty queue. On held-out seeds (100000–100009, λ 0.05
 and 0.11) C = 40 keeps cache-lct's mean quality (0.256 and 0.247 against 0.248)."""
 
 
-class QueueStepsPolicy(CacheAwareLCTPolicy):
-    """``cache-lct-queue:C``: cache-lct, spending fewer steps the more jobs wait behind.
+class QueueAware:
+    """``<cache-lct|edf-cache>-queue[:C]``: the policy, spending GPU time as if it were scarce
+    whenever jobs wait.
 
-    A step of a job dispatched while w jobs share each gang's queue delays all w of them, so
-    trading mean response against mean quality (concave in steps) gives steps ∝ 1/w: C steps
-    on an empty queue, C/w with w = 1 + (queued − 1)·k / GPUs up, clipped to the fewest steps
-    with any quality and the steps of the best. Jobs with a deadline keep the most that meet it.
+    - **Patches.** While at least as many jobs are queued as GPUs are idle, a job gets no more
+      patches than its most GPU-efficient k (least GPU-seconds per step): patch parallelism
+      buys one job's latency with GPU time the queue needs (edge: k = 1; paper: k ≤ 2).
+    - **Steps** (jobs without a deadline; the others keep the most that meet it). A step of a
+      job dispatched while w jobs share each gang's queue delays all w of them, so trading mean
+      response against mean quality (concave in steps) gives steps ∝ 1/w: C steps on an empty
+      queue, C/w with w = 1 + (queued − 1)·k / GPUs up, clipped to the fewest steps with any
+      quality and the steps of the best.
     """
 
-    name = "cache-lct-queue"
+    def __init__(self, inner: CacheAwareLCTPolicy, empty_queue_steps: int = QUEUE_STEPS) -> None:
+        self.inner, self.empty_queue_steps = inner, empty_queue_steps
+        self.name = f"{inner.name}-queue" + (f":{empty_queue_steps}" if empty_queue_steps != QUEUE_STEPS else "")
 
-    def __init__(self, empty_queue_steps: int = QUEUE_STEPS) -> None:
-        super().__init__()
-        self.empty_queue_steps = empty_queue_steps
-        if empty_queue_steps != QUEUE_STEPS:
-            self.name = f"cache-lct-queue:{empty_queue_steps}"
+    def reset(self, seed: int) -> None:
+        self.inner.reset(seed)
 
     def decide(self, snap: Snapshot) -> Decision | None:
-        d = super().decide(snap)
+        if snap.queue_len >= len(snap.idle_gpus()):
+            efficient = np.array([efficient_k(snap, j) for j in range(snap.n_jobs)], dtype=snap.job_k_max.dtype)
+            snap = dataclasses.replace(snap, job_k_max=np.minimum(snap.job_k_max, efficient))
+        d = self.inner.decide(snap)
         if d is None or np.isfinite(snap.job_deadline_s[d.job]):
             return d
         gpus_up = int(np.count_nonzero(snap.node_up[snap.gpu_node]))
         w = 1.0 + (snap.queue_len - 1) * d.k / max(gpus_up, 1)
-        phys = self.phys.setdefault(snap.scenario, physics.for_scenario(snap.scenario))
-        fewest, best = useful_steps(snap, d.job, phys)
+        fewest, best = useful_steps(snap, d.job, self.inner.phys.setdefault(snap.scenario, physics.for_scenario(snap.scenario)))
         return Decision(d.job, d.gpus, int(np.clip(round(self.empty_queue_steps / w), fewest, best)))
+
+
+def efficient_k(snap: Snapshot, j: int) -> int:
+    """The job's allowed k with the least GPU-seconds per denoising step (ties: fewer patches)."""
+    return _efficient_k(snap.scenario, snap.allowed_k(j), float(snap.job_pixels[j]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _efficient_k(scenario: str, ks: tuple[int, ...], pixels: float) -> int:
+    if scenario == "paper":
+        return min(ks, key=lambda k: (k * paper.C_K[k], k))
+    best_speedup = {k: max(catalog.patch_speedup(k, pixels, link) for link in catalog.LINK_PENALTY) for k in ks}
+    return min(ks, key=lambda k: (k / best_speedup[k], k))
 
 
 def useful_steps(snap: Snapshot, j: int, phys: physics.Physics) -> tuple[int, int]:
@@ -207,15 +229,17 @@ def _with_steps(cls: type[CacheAwareLCTPolicy]) -> Callable[[str], CacheAwareLCT
     return make
 
 
-def _queue_steps(argument: str) -> QueueStepsPolicy:
-    if not argument.isdigit() or not 1 <= int(argument) <= 100:
-        raise base.UnknownPolicy(f"cache-lct-queue:C takes the steps on an empty queue, 1 to 100, got {argument!r}")
-    return QueueStepsPolicy(int(argument))
+def _queue_aware(cls: type[CacheAwareLCTPolicy]) -> Callable[[str], QueueAware]:
+    def make(argument: str) -> QueueAware:
+        if not argument.isdigit() or not 1 <= int(argument) <= 100:
+            raise base.UnknownPolicy(f"{cls.name}-queue:C takes the steps on an empty queue, 1 to 100, got {argument!r}")
+        return QueueAware(cls(), int(argument))
+    return make
 
 
-for _cls in (RandomPolicy, RoundRobinPolicy, FirstFitPolicy, LeastLoadedPolicy, CacheAwareLCTPolicy, EdfCachePolicy,
-             QueueStepsPolicy):
+for _cls in (RandomPolicy, RoundRobinPolicy, FirstFitPolicy, LeastLoadedPolicy, CacheAwareLCTPolicy, EdfCachePolicy):
     base.register(_cls.name, _cls)
-base.register_family("cache-lct-queue", _queue_steps, "C")
 for _cls in (CacheAwareLCTPolicy, EdfCachePolicy):
     base.register_family(f"{_cls.name}-steps", _with_steps(_cls), "N")
+    base.register(f"{_cls.name}-queue", lambda c=_cls: QueueAware(c()))
+    base.register_family(f"{_cls.name}-queue", _queue_aware(_cls), "C")

@@ -8,7 +8,8 @@ from eat_policy.sim import catalog, engine, scenarios, traces
 
 from .conftest import run
 
-HEURISTICS = ["random", "round-robin", "first-fit", "least-loaded", "cache-lct", "edf-cache"]
+HEURISTICS = ["random", "round-robin", "first-fit", "least-loaded", "cache-lct", "edf-cache", "cache-lct-queue",
+              "edf-cache-queue"]
 
 
 @pytest.mark.parametrize("name", HEURISTICS)
