@@ -187,8 +187,7 @@ class QueueAware:
 
     def decide(self, snap: Snapshot) -> Decision | None:
         if snap.queue_len >= len(snap.idle_gpus()):
-            efficient = np.array([efficient_k(snap, j) for j in range(snap.n_jobs)], dtype=snap.job_k_max.dtype)
-            snap = dataclasses.replace(snap, job_k_max=np.minimum(snap.job_k_max, efficient))
+            snap = dataclasses.replace(snap, job_k_max=np.minimum(snap.job_k_max, efficient_k(snap)))
         d = self.inner.decide(snap)
         if d is None or np.isfinite(snap.job_deadline_s[d.job]):
             return d
@@ -198,17 +197,23 @@ class QueueAware:
         return Decision(d.job, d.gpus, int(np.clip(round(self.empty_queue_steps / w), fewest, best)))
 
 
-def efficient_k(snap: Snapshot, j: int) -> int:
-    """The job's allowed k with the least GPU-seconds per denoising step (ties: fewer patches)."""
-    return _efficient_k(snap.scenario, snap.allowed_k(j), float(snap.job_pixels[j]))
+def efficient_k(snap: Snapshot) -> np.ndarray:
+    """Per window job, its allowed k with the least GPU-seconds per denoising step (ties: fewer
+    patches); a job's own k where it brings one."""
+    rows = zip(snap.job_k.tolist(), snap.job_k_max.tolist(), snap.job_pixels.tolist())
+    out = [_efficient_k(snap.scenario, snap.k_choices, k, k_max, px) for k, k_max, px in rows]
+    return np.array(out, dtype=snap.job_k_max.dtype)
 
 
 @functools.lru_cache(maxsize=1024)
-def _efficient_k(scenario: str, ks: tuple[int, ...], pixels: float) -> int:
+def _efficient_k(scenario: str, k_choices: tuple[int, ...], k: int, k_max: int, pixels: float) -> int:
+    if k:
+        return k
+    ks = [c for c in k_choices if c <= k_max]
     if scenario == "paper":
-        return min(ks, key=lambda k: (k * paper.C_K[k], k))
-    best_speedup = {k: max(catalog.patch_speedup(k, pixels, link) for link in catalog.LINK_PENALTY) for k in ks}
-    return min(ks, key=lambda k: (k / best_speedup[k], k))
+        return min(ks, key=lambda c: (c * paper.C_K[c], c))
+    best_speedup = {c: max(catalog.patch_speedup(c, pixels, link) for link in catalog.LINK_PENALTY) for c in ks}
+    return min(ks, key=lambda c: (c / best_speedup[c], c))
 
 
 def useful_steps(snap: Snapshot, j: int, phys: physics.Physics) -> tuple[int, int]:

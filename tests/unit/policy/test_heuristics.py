@@ -140,9 +140,9 @@ def test_queue_steps_is_faster_than_cache_lct_at_no_lower_quality() -> None:
 
 def test_the_most_gpu_efficient_k_is_2_on_paper_and_1_on_edge() -> None:
     # paper: k·c_k = 0.315, 0.3125, 0.56 GPU-seconds per step; edge: patch speed-ups are sublinear
-    assert heuristics._efficient_k("paper", (1, 2, 4), 1440.0**2) == 2
-    assert heuristics._efficient_k("edge", (1, 2, 4, 8), 1024.0**2) == 1
-    assert heuristics._efficient_k("edge", (4,), 1024.0**2) == 4
+    assert heuristics._efficient_k("paper", (1, 2, 4), 0, 8, 1440.0**2) == 2
+    assert heuristics._efficient_k("edge", (1, 2, 4, 8), 0, 8, 1024.0**2) == 1
+    assert heuristics._efficient_k("edge", (1, 2, 4, 8), 4, 8, 1024.0**2) == 4  # the job brings its k
 
 
 @pytest.mark.parametrize("name", ["cache-lct-queue", "edf-cache-queue"])
