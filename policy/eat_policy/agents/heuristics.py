@@ -18,8 +18,8 @@ or ``DEFAULT_STEPS`` for jobs without one (``cache-lct-steps:N``, ``edf-cache-st
 queue: fewer patches, and fewer steps the longer the queue (``QueueAware``).
 
 The cache-aware policies' planning lives in ``cache_aware``: defined by ``plan_simply``,
-answered on edge by ``Planner``, which reaches the same decisions with a fraction of the
-candidate searches by carrying each job's last search across decisions.
+answered on edge by ``Planner``, which reaches the same decisions through a numba-compiled
+transcription (``cache_aware_kernel``).
 """
 
 from __future__ import annotations
