@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from eat_policy import features
+from eat_policy.sim import env as sim_env
 from eat_policy.snapshot import Snapshot
 
 N_K = len(features.K_VALUES)
-STEP_BINS = 8
-"""Default steps bins of the actor (a checkpoint records its own): over a job's steps range
-[lo, hi], bin b of B means lo + round(b/(B − 1)·(hi − lo)) steps (``steps_of_bin``)."""
+STEP_BINS = sim_env.STEP_BINS
+"""Default steps bins of the actor (a checkpoint records its own; ``steps_of_bin``)."""
+steps_of_bin, bin_of_steps = sim_env.steps_of_bin, sim_env.bin_of_steps
 EXTRA_NODE_DIM = N_K + 1
 """Per node: for each k, "this node's live warm group has exactly k members, all idle"; and
 "this node belongs to a live group". The service computes them from ``Snapshot.node_group``."""
@@ -335,15 +336,6 @@ def encode(job: int, node: int, ki: int, bin_: int, n: int, bins: int = STEP_BIN
     return 1 + ((job * n + node) * N_K + ki) * bins + bin_
 
 
-def steps_of_bin(lo: int, hi: int, b: int, bins: int) -> int:
-    return lo + round(b / (bins - 1) * (hi - lo))
-
-
-def bin_of_steps(lo: int, hi: int, steps: int, bins: int) -> int:
-    """The bin whose steps are nearest ``steps`` (the inverse of ``steps_of_bin``)."""
-    return 0 if hi == lo else int(round((steps - lo) / (hi - lo) * (bins - 1)))
-
-
 # --- critic ---------------------------------------------------------------------------------
 
 
@@ -362,6 +354,11 @@ class Critic(nn.Module):
         b, j = e.jobs.shape[:2]
         q = self.qu(e.jobs).view(b, j, 1, N_K, self.step_bins) + self.qv(e.pairs)[..., None]
         return torch.cat([self.qw(e.glob), q.reshape(b, -1)], 1)
+
+
+def actor_from_config(cfg: dict[str, Any]) -> Actor:
+    """An untrained Actor of a checkpoint's config; those written before ``step_bins`` used 8."""
+    return Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"], int(cfg.get("step_bins", 8)))
 
 
 def config_of(actor: Actor) -> dict[str, Any]:

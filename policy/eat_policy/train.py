@@ -83,7 +83,7 @@ class Args:
     """Length T of the reverse chain (D2SAC uses 5; the prototype 10)."""
     d_model: int = 64
     """Token width of the encoders."""
-    step_bins: int = 8
+    step_bins: int = nets.STEP_BINS
     """Steps bins over each job's range (8: 1, 5, 10, 14, 19, 23, 28, 32 on the paper's 1–32;
     16 adds 3, 7, …, 30, the paper's best-quality step count)."""
     bc_policy: Optional[str] = None
@@ -551,7 +551,7 @@ def main(
     bc_updates: int = 0,
     bc_weight: Annotated[float, typer.Option(help="Keep this weight x the clone loss in SAC's actor loss.")] = 0.0,
     quality_weight: Annotated[Optional[float], typer.Option(help="Reward per unit quality Q (paper default 8: 80 job-seconds).")] = None,
-    step_bins: Annotated[int, typer.Option(help="Steps bins over each job's range (the checkpoint records it).")] = 8,
+    step_bins: Annotated[int, typer.Option(help="Steps bins over each job's range (the checkpoint records it).")] = nets.STEP_BINS,
     threads: int = 1,
     out: Path = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(help="Run directory to resume.")] = None,

@@ -1,4 +1,4 @@
-"""``cache_aware.plan_simply`` on edge, compiled with numba: the same decisions, ~20× faster.
+"""``cache_aware.plan_simply`` on edge, compiled with numba: the same decisions, ~24× faster.
 
 One call plans one decision over the policy's window of jobs, exactly as ``plan_simply`` does
 with ``EdgePhysics``: per job, the model's readiness after the reservations so far (each

@@ -37,15 +37,9 @@ ANCHOR_BONUS, GROUP_BONUS = 1e6, 1e3
 def load_actor(path: Path, device: str = "cpu") -> nets.Actor:
     """A policy checkpoint ({"config": ..., "actor": state_dict}) as an eval-mode Actor."""
     blob = torch.load(path, map_location=device, weights_only=True)
-    cfg = blob["config"]
-    actor = nets.Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"], _bins(cfg))
+    actor = nets.actor_from_config(blob["config"])
     actor.load_state_dict(blob["actor"])
     return actor.to(device).eval()
-
-
-def _bins(cfg: dict[str, Any]) -> int:
-    """Steps bins of a checkpoint; those written before the setting existed used 8."""
-    return int(cfg.get("step_bins", 8))
 
 
 def checkpoint_key(snap: Snapshot) -> str:
@@ -204,8 +198,7 @@ class LearnedPolicy:
 def _truncated(variant: str, key: str, steps: int) -> nets.Actor:
     """The shipped actor run with a shorter chain (its first ``steps`` noise levels)."""
     full = _shipped(variant, key)
-    cfg: dict[str, Any] = nets.config_of(full)
-    actor = nets.Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"], cfg["step_bins"])
+    actor = nets.actor_from_config(nets.config_of(full))
     actor.load_state_dict(full.state_dict())
     actor.T = steps
     return actor.eval()

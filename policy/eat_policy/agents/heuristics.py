@@ -46,6 +46,12 @@ def usable_idle_gpus(snap: Snapshot, j: int) -> np.ndarray:
     return idle[snap.node_gpu_mem_gb[snap.gpu_node[idle]] >= need]
 
 
+@functools.cache
+def physics_of(scenario: str) -> physics.Physics:
+    """The heuristics' physics of a scenario, built once (its caches are shared)."""
+    return physics.for_scenario(scenario)
+
+
 def steps_for(snap: Snapshot, j: int, gpus: tuple[int, ...], phys: physics.Physics) -> int:
     return physics.steps_within_deadline(snap, j, phys.estimate(snap, j, gpus), DEFAULT_STEPS)
 
@@ -76,14 +82,11 @@ class _FifoPolicy:
 
     name = "fifo"
 
-    def __init__(self) -> None:
-        self.phys: dict[str, physics.Physics] = {}
-
     def reset(self, seed: int) -> None:
         pass
 
     def decide(self, snap: Snapshot) -> Decision | None:
-        phys = self.phys.setdefault(snap.scenario, physics.for_scenario(snap.scenario))
+        phys = physics_of(snap.scenario)
         for j in range(snap.n_jobs):
             usable = usable_idle_gpus(snap, j)
             k = min(snap.allowed_k(j))
@@ -134,7 +137,6 @@ class CacheAwareLCTPolicy:
         self.default_steps = default_steps
         if default_steps != DEFAULT_STEPS:
             self.name = f"{type(self).name}-steps:{default_steps}"
-        self.phys: dict[str, physics.Physics] = {}
         self.planner = Planner(default_steps)
 
     def reset(self, seed: int) -> None:
@@ -147,8 +149,7 @@ class CacheAwareLCTPolicy:
         window = self.order(snap)[:LOOKAHEAD]
         if snap.scenario == "edge":
             return self.planner.decide(snap, window)
-        phys = self.phys.setdefault(snap.scenario, physics.for_scenario(snap.scenario))
-        return plan_simply(snap, window.tolist(), phys, self.default_steps)
+        return plan_simply(snap, window.tolist(), physics_of(snap.scenario), self.default_steps)
 
 
 class EdfCachePolicy(CacheAwareLCTPolicy):
@@ -180,6 +181,8 @@ class QueueAware:
 
     def __init__(self, inner: CacheAwareLCTPolicy, empty_queue_steps: int = QUEUE_STEPS) -> None:
         self.inner, self.empty_queue_steps = inner, empty_queue_steps
+        self.useful: dict[tuple[str, int, int, int], tuple[int, int]] = {}
+        """(scenario, model, steps range) → ``useful_steps``."""
         self.name = f"{inner.name}-queue" + (f":{empty_queue_steps}" if empty_queue_steps != QUEUE_STEPS else "")
 
     def reset(self, seed: int) -> None:
@@ -193,7 +196,10 @@ class QueueAware:
             return d
         gpus_up = int(np.count_nonzero(snap.node_up[snap.gpu_node]))
         w = 1.0 + (snap.queue_len - 1) * d.k / max(gpus_up, 1)
-        fewest, best = useful_steps(snap, d.job, self.inner.phys.setdefault(snap.scenario, physics.for_scenario(snap.scenario)))
+        key = (snap.scenario, int(snap.job_model[d.job]), int(snap.job_steps_min[d.job]), int(snap.job_steps_max[d.job]))
+        if key not in self.useful:
+            self.useful[key] = useful_steps(snap, d.job, physics_of(snap.scenario))
+        fewest, best = self.useful[key]
         return Decision(d.job, d.gpus, int(np.clip(round(self.empty_queue_steps / w), fewest, best)))
 
 
@@ -224,22 +230,22 @@ def useful_steps(snap: Snapshot, j: int, phys: physics.Physics) -> tuple[int, in
     return lo + (positive[0] if positive else 0), lo + int(np.argmax(q))
 
 
+def _steps_argument(argument: str, usage: str) -> int:
+    """A family's steps argument, 1 to 100; ``usage`` says what it is in the error."""
+    if not argument.isdigit() or not 1 <= int(argument) <= 100:
+        raise base.UnknownPolicy(f"{usage}, got {argument!r}")
+    return int(argument)
+
+
 def _with_steps(cls: type[CacheAwareLCTPolicy]) -> Callable[[str], CacheAwareLCTPolicy]:
     """``<name>-steps:N``: the policy spending N steps on jobs without a deadline, so that a
     learned policy that spends fewer can be compared with it at equal quality."""
-    def make(argument: str) -> CacheAwareLCTPolicy:
-        if not argument.isdigit() or not 1 <= int(argument) <= 100:
-            raise base.UnknownPolicy(f"{cls.name}-steps:N takes a number of steps from 1 to 100, got {argument!r}")
-        return cls(int(argument))
-    return make
+    return lambda argument: cls(_steps_argument(argument, f"{cls.name}-steps:N takes a number of steps from 1 to 100"))
 
 
 def _queue_aware(cls: type[CacheAwareLCTPolicy]) -> Callable[[str], QueueAware]:
-    def make(argument: str) -> QueueAware:
-        if not argument.isdigit() or not 1 <= int(argument) <= 100:
-            raise base.UnknownPolicy(f"{cls.name}-queue:C takes the steps on an empty queue, 1 to 100, got {argument!r}")
-        return QueueAware(cls(), int(argument))
-    return make
+    usage = f"{cls.name}-queue:C takes the steps on an empty queue, 1 to 100"
+    return lambda argument: QueueAware(cls(), _steps_argument(argument, usage))
 
 
 for _cls in (RandomPolicy, RoundRobinPolicy, FirstFitPolicy, LeastLoadedPolicy, CacheAwareLCTPolicy, EdfCachePolicy):

@@ -20,6 +20,17 @@ from eat_policy.snapshot import Decision, Snapshot
 from eat_policy.sim import engine, scenarios
 
 STEP_BINS = 8
+"""Default steps bins (a learned policy's checkpoint records its own)."""
+
+
+def steps_of_bin(lo: int, hi: int, b: int, bins: int) -> int:
+    """Bin b of ``bins`` over a job's steps range [lo, hi]: lo + round(b/(bins − 1)·(hi − lo))."""
+    return lo + round(b / (bins - 1) * (hi - lo))
+
+
+def bin_of_steps(lo: int, hi: int, steps: int, bins: int) -> int:
+    """The bin whose steps are nearest ``steps`` (the inverse of ``steps_of_bin``)."""
+    return 0 if hi == lo else int(round((steps - lo) / (hi - lo) * (bins - 1)))
 
 
 class SchedulingEnv(gym.Env):  # type: ignore[type-arg]
@@ -92,7 +103,7 @@ def to_decision(snap: Snapshot, action: dict[str, Any], obs: features.Observatio
     k = features.K_VALUES[ki]
     gpus = fill_gpus(snap, j, np.asarray(action["node_scores"], dtype=np.float64), k, obs.free[j])
     lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
-    return Decision(j, gpus, lo + round(int(action["steps"]) / (step_bins - 1) * (hi - lo)))
+    return Decision(j, gpus, steps_of_bin(lo, hi, int(action["steps"]), step_bins))
 
 
 def fill_gpus(snap: Snapshot, j: int, scores: np.ndarray, k: int, free: np.ndarray) -> tuple[int, ...]:
