@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 
 from eat_policy import features
 from eat_policy.sim import env as sim_env
-from eat_policy.snapshot import Snapshot
+from eat_policy.snapshot import Decision, Snapshot
 
 N_K = len(features.K_VALUES)
 STEP_BINS = sim_env.STEP_BINS
@@ -41,6 +41,9 @@ EXTRA_NODE_DIM = N_K + 1
 """Per node: for each k, "this node's live warm group has exactly k members, all idle"; and
 "this node belongs to a live group". The service computes them from ``Snapshot.node_group``."""
 NODE_IN = features.NODE_DIM + EXTRA_NODE_DIM
+HINT_JOB_DIM, HINT_PAIR_DIM = 1 + N_K + 1, 2
+"""Hint inputs (``hint_features``): per job "proposed", the proposed k (one-hot) and steps (share
+of the job's range); per job×node "anchor of the proposed gang" and the gang's GPU share there."""
 VARIANTS = ("eat", "d-sac", "sac")
 """eat: attention + diffusion; d-sac: diffusion without attention; sac: attention, no diffusion."""
 
@@ -63,8 +66,40 @@ def warm_group_features(snap: Snapshot) -> np.ndarray:
     return out
 
 
-def observe(snap: Snapshot, window: int | None = None) -> dict[str, np.ndarray]:
-    """Featurise a snapshot into the arrays the networks take (job rows padded to ``window``)."""
+Hinter = Callable[[Snapshot], "Decision | None"]
+"""A heuristic's ``decide``: what a hinted actor is shown as a proposal (``hint_features``)."""
+
+
+def gpus_per_node(snap: Snapshot, gpus: tuple[int, ...]) -> np.ndarray:
+    return np.bincount(snap.gpu_node[list(gpus)], minlength=snap.n_nodes)
+
+
+def anchor_of(snap: Snapshot, gpus: tuple[int, ...]) -> int:
+    """The anchor option of a gang: the node holding most of its GPUs (the lowest on a tie)."""
+    return int(gpus_per_node(snap, gpus).argmax())
+
+
+def hint_features(snap: Snapshot, proposal: Decision | None) -> dict[str, np.ndarray]:
+    """A heuristic's proposal as inputs: ``hint_jobs`` (J, HINT_JOB_DIM), ``hint_pairs``
+    (J, N, HINT_PAIR_DIM) and ``hint_wait`` (1,), 1 when the heuristic would wait."""
+    jobs = np.zeros((snap.n_jobs, HINT_JOB_DIM), np.float32)
+    pairs = np.zeros((snap.n_jobs, snap.n_nodes, HINT_PAIR_DIM), np.float32)
+    if proposal is None:
+        return {"hint_jobs": jobs, "hint_pairs": pairs, "hint_wait": np.ones(1, np.float32)}
+    j = proposal.job
+    nodes = gpus_per_node(snap, proposal.gpus)
+    lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
+    jobs[j, 0] = 1.0
+    jobs[j, 1 + features.K_VALUES.index(proposal.k)] = 1.0
+    jobs[j, -1] = 0.0 if hi == lo else (proposal.steps - lo) / (hi - lo)
+    pairs[j, int(nodes.argmax()), 0] = 1.0  # the anchor, as anchor_of
+    pairs[j, :, 1] = nodes / proposal.k
+    return {"hint_jobs": jobs, "hint_pairs": pairs, "hint_wait": np.zeros(1, np.float32)}
+
+
+def observe(snap: Snapshot, window: int | None = None, hint: Hinter | None = None) -> dict[str, np.ndarray]:
+    """Featurise a snapshot into the arrays the networks take (job rows padded to ``window``);
+    with ``hint``, also that heuristic's proposal for the snapshot (``hint_features``)."""
     obs = features.featurize(snap)
     j = obs.jobs.shape[0]
     w = j if window is None else window
@@ -74,7 +109,7 @@ def observe(snap: Snapshot, window: int | None = None) -> dict[str, np.ndarray]:
             return a[:w]
         return np.concatenate([a, np.zeros((w - j,) + a.shape[1:], a.dtype)])
 
-    return {
+    out = {
         "nodes": np.concatenate([obs.nodes, warm_group_features(snap)], axis=1),
         "jobs": rows(obs.jobs),
         "pairs": rows(obs.pairs),
@@ -83,6 +118,10 @@ def observe(snap: Snapshot, window: int | None = None) -> dict[str, np.ndarray]:
         "k_mask": rows(obs.k_mask),
         "free": rows(obs.free > 0),
     }
+    if hint is not None:
+        h = hint_features(snap, hint(snap))
+        out.update(hint_jobs=rows(h["hint_jobs"]), hint_pairs=rows(h["hint_pairs"]), hint_wait=h["hint_wait"])
+    return out
 
 
 def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -143,12 +182,18 @@ class Encoder(nn.Module):
     """Tokens for nodes, jobs and the global state; self-attention over all of them, then
     cross-attention from each job to the nodes biased by the job×node pair features (cache
     state, load cost, fit). ``attention=False`` (D-SAC) replaces both by per-token MLPs with
-    mean-pooled context (DeepSets), so the same heads work on any N and J.
+    mean-pooled context (DeepSets), so the same heads work on any N and J. ``hint=True`` adds a
+    heuristic's proposal (``hint_features``) to the job, global and pair tokens and to the
+    cross-attention bias: the policy learns when to follow it and when to do better.
     """
 
-    def __init__(self, d: int = 64, dp: int = 32, heads: int = 4, layers: int = 2, attention: bool = True) -> None:
+    def __init__(self, d: int = 64, dp: int = 32, heads: int = 4, layers: int = 2, attention: bool = True,
+                 hint: bool = False) -> None:
         super().__init__()
-        self.attention = attention
+        self.attention, self.hint = attention, hint
+        if hint:
+            self.hint_job, self.hint_glob = nn.Linear(HINT_JOB_DIM, d), nn.Linear(1, d)
+            self.hint_pair, self.hint_bias = nn.Linear(HINT_PAIR_DIM, dp), nn.Linear(HINT_PAIR_DIM, heads)
         self.node_in = mlp(NODE_IN, d, d)
         self.job_in = mlp(features.JOB_DIM, d, d)
         self.glob_in = mlp(features.GLOBAL_DIM, d, d)
@@ -167,13 +212,22 @@ class Encoder(nn.Module):
         b, j, n = jobs.shape[0], jobs.shape[1], nodes.shape[1]
         hn, hj, hg = self.node_in(nodes), self.job_in(jobs), self.glob_in(o["global"].float())[:, None]
         real_job = jobs.abs().sum(-1) > 0  # padded rows are all zero
+        pair_in = self.pf(pairs)
+        if self.hint:
+            hint_pairs = o["hint_pairs"].float()
+            hj = hj + self.hint_job(o["hint_jobs"].float())
+            hg = hg + self.hint_glob(o["hint_wait"].float())[:, None]
+            pair_in = pair_in + self.hint_pair(hint_pairs)
         if self.attention:
             x = torch.cat([hg, hj, hn], 1)
             pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool), ~real_job, torch.zeros(b, n, dtype=torch.bool)], 1)
             for blk in self.self_blocks:
                 x = blk(x, x, pad)
             hg, hj, hn = x[:, :1], x[:, 1 : 1 + j], x[:, 1 + j :]
-            bias = self.pair_bias(pairs).permute(0, 3, 1, 2)  # (B, heads, J, N)
+            bias = self.pair_bias(pairs)
+            if self.hint:
+                bias = bias + self.hint_bias(hint_pairs)
+            bias = bias.permute(0, 3, 1, 2)  # (B, heads, J, N)
             hj = self.cross(hj, hn, torch.zeros(b, n, dtype=torch.bool), bias)
         else:
             w = real_job.float()[..., None]
@@ -183,7 +237,7 @@ class Encoder(nn.Module):
                 hg = hg + f(ctx)
                 hj = hj + f(torch.cat([hj, ctx_j.expand(-1, j, -1), hg.expand(-1, j, -1)], -1))
                 hn = hn + f(torch.cat([hn, hn.mean(1, keepdim=True).expand(-1, n, -1), hg.expand(-1, n, -1)], -1))
-        hp = self.pout(self.pj(hj)[:, :, None] + self.pn(hn)[:, None] + self.pf(pairs))
+        hp = self.pout(self.pj(hj)[:, :, None] + self.pn(hn)[:, None] + pair_in)
         return Encoded(hg[:, 0], hj, hp)
 
     def attention_weights(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -221,15 +275,16 @@ class Actor(nn.Module):
     """
 
     def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32, diffusion_steps: int = 5,
-                 step_bins: int = STEP_BINS) -> None:
+                 step_bins: int = STEP_BINS, hint: str | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if step_bins < 2:
             raise ValueError(f"step_bins must be at least 2, got {step_bins}")
         self.variant, self.step_bins = variant, step_bins
+        self.hint = hint  # the heuristic whose proposals the actor is shown (observe(hint=...)), or None
         S = step_bins
-        self.encoder = Encoder(d, dp, attention=variant != "d-sac")
+        self.encoder = Encoder(d, dp, attention=variant != "d-sac", hint=hint is not None)
         self.T = 0 if variant == "sac" else diffusion_steps
         te = 16 if self.T else 0
         self.job_head = mlp(d + N_K * S * (self.T > 0) + te, d, N_K * S)
@@ -343,9 +398,10 @@ class Critic(nn.Module):
     """Q(s, ·) for every option at once: Q[j,n,k,b] = Qu[j,k,b] + Qv[j,n,k]; Q[wait] from the
     global token. Exact expectations over the (masked) policy, as discrete SAC needs."""
 
-    def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32, step_bins: int = STEP_BINS) -> None:
+    def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32, step_bins: int = STEP_BINS,
+                 hint: bool = False) -> None:
         super().__init__()
-        self.encoder = Encoder(d, dp, attention=variant != "d-sac")
+        self.encoder = Encoder(d, dp, attention=variant != "d-sac", hint=hint)
         self.step_bins = step_bins
         self.qu, self.qv, self.qw = mlp(d, d, N_K * step_bins), mlp(dp, dp, N_K), mlp(d, d, 1)
 
@@ -357,11 +413,13 @@ class Critic(nn.Module):
 
 
 def actor_from_config(cfg: dict[str, Any]) -> Actor:
-    """An untrained Actor of a checkpoint's config; those written before ``step_bins`` used 8."""
-    return Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"], int(cfg.get("step_bins", 8)))
+    """An untrained Actor of a checkpoint's config; those written before ``step_bins`` used 8
+    bins, and before ``hint`` had none."""
+    return Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"], int(cfg.get("step_bins", 8)),
+                 cfg.get("hint"))
 
 
 def config_of(actor: Actor) -> dict[str, Any]:
     enc = actor.encoder
     return {"variant": actor.variant, "d": enc.node_in[0].out_features, "dp": enc.pj.out_features,
-            "diffusion_steps": actor.T or 5, "step_bins": actor.step_bins}
+            "diffusion_steps": actor.T or 5, "step_bins": actor.step_bins, "hint": actor.hint}

@@ -11,7 +11,8 @@ prototype's per-dispatch reward caps its latency term at 10, so it cannot see re
 below 25 s; we charge instead −(job-seconds spent in the system since the last decision)/10 s
 — its episode sum is −Σ response times / 10 (Little's law) — plus ``quality_weight``·Q(steps)
 per dispatch. In ``edge`` we keep the env's reward (deadline met + quality − lateness) and add
-the same time charge with a small weight. Training traces use seeds ≥ 10⁶ and periodic
+the time charge per 600 job-seconds, a tie-breaker that leaves deadlines first (checkpoints
+trained before that default took effect charged per 10, their cards say so). Training traces use seeds ≥ 10⁶ and periodic
 evaluation seeds 10⁵.., so the evaluation seeds 0..N of the harness are never trained on.
 """
 
@@ -86,6 +87,9 @@ class Args:
     step_bins: int = nets.STEP_BINS
     """Steps bins over each job's range (8: 1, 5, 10, 14, 19, 23, 28, 32 on the paper's 1–32;
     16 adds 3, 7, …, 30, the paper's best-quality step count)."""
+    hint: Optional[str] = None
+    """Show the actor and critics this heuristic's proposal at every decision (``nets.hint_features``),
+    so the policy can follow it where it is good and learn where to do better (a residual policy)."""
     bc_policy: Optional[str] = None
     """Warm start: fill the buffer with this heuristic's episodes and clone it first (reported)."""
     bc_episodes: int = 0
@@ -108,18 +112,23 @@ class Args:
     """Run directory to resume from (its ``state.pt``); the replay buffer is refilled."""
     export: Optional[Path] = None
     """Copy the best policy checkpoint here at the end (e.g. eat_policy/checkpoints/eat-paper.pt)."""
-    # computed in runtime
-    points: tuple[float, ...] = ()
+    # the scenario's DEFAULTS where None (an explicit value, 0 included, is kept)
+    points: Optional[tuple[float, ...]] = None
     """Range of λ (paper) or ρ (edge) sampled per training episode."""
-    eval_points: tuple[float, ...] = ()
-    quality_weight: float = 0.0
+    eval_points: Optional[tuple[float, ...]] = None
+    quality_weight: Optional[float] = None
     """Reward per unit of quality Q(steps) at dispatch, in units of 10 job-seconds."""
-    env_reward_weight: float = 0.0
+    env_reward_weight: Optional[float] = None
     """Weight of the env's own per-dispatch reward."""
-    time_scale_s: float = 10.0
+    time_scale_s: Optional[float] = None
     """Job-seconds in the system per unit of negative reward."""
-    buffer_size: int = 0
+    buffer_size: Optional[int] = None
     """Replay capacity (transitions)."""
+
+    def __post_init__(self) -> None:
+        for key, value in DEFAULTS[self.scenario].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
 
 
 def modes(args: Args) -> tuple[str, ...]:
@@ -180,7 +189,7 @@ def _scores_for(d: Any, snap: Any) -> np.ndarray:
     return scores
 
 
-_JOB_AXIS = ("jobs", "pairs", "job_mask", "k_mask", "free")
+_JOB_AXIS = ("jobs", "pairs", "job_mask", "k_mask", "free", "hint_jobs", "hint_pairs")
 
 
 class ReplayBuffer:
@@ -219,6 +228,7 @@ class ReplayBuffer:
 def greedy_eval(actor: nets.Actor, args: Args) -> dict[str, float]:
     """Held-out seeds 10⁵.. at each eval point: mean training return, response time, quality."""
     policy = eat_agent.LearnedPolicy(args.variant, actor=actor)
+    hint = eat_agent.hinter_of(actor)
     rows: dict[str, list[float]] = {"resp_mean_s": [], "quality_mean": [], "deadline_attainment": [], "return": []}
     for point, mode in itertools.product(args.eval_points, modes(args)):
         env = sim_env.SchedulingEnv(make_scenario(args, point, mode), args.step_bins)
@@ -227,7 +237,7 @@ def greedy_eval(actor: nets.Actor, args: Args) -> dict[str, float]:
             policy.reset(100_000 + s)
             ret, done, info = 0.0, env.sim.done, {}
             while not done:
-                _, _, index, pointer = eat_agent.act(actor, env.sim.snapshot(), policy.generator)
+                _, _, index, pointer = eat_agent.act(actor, env.sim.snapshot(), policy.generator, hint=hint)
                 r, done, info = step(env, args, index, pointer)
                 ret += r
             m = env.sim.metrics().as_dict()
@@ -261,9 +271,6 @@ def plot_curve(log_path: Path, png: Path) -> None:
 
 def train(args: Args) -> Path:
     """Run one training; returns the run directory (log.csv, curve.png, state.pt, policy.pt)."""
-    for key, value in DEFAULTS[args.scenario].items():
-        if getattr(args, key) in ((), 0, 0.0, None) or key in ("points", "eval_points") and not getattr(args, key):
-            setattr(args, key, value)
     if args.variant not in nets.VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(nets.VARIANTS)}, got {args.variant!r}")
     torch.set_num_threads(args.threads)
@@ -286,8 +293,9 @@ def train(args: Args) -> Path:
     (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), default=str, indent=1))
 
     # ALGO LOGIC: networks, targets, optimisers, entropy temperature
-    actor = nets.Actor(args.variant, args.d_model, diffusion_steps=args.diffusion_steps, step_bins=args.step_bins)
-    qf1, qf2 = (nets.Critic(args.variant, args.d_model, step_bins=args.step_bins) for _ in range(2))
+    actor = nets.Actor(args.variant, args.d_model, diffusion_steps=args.diffusion_steps, step_bins=args.step_bins,
+                       hint=args.hint)
+    qf1, qf2 = (nets.Critic(args.variant, args.d_model, step_bins=args.step_bins, hint=bool(args.hint)) for _ in range(2))
     qf1_target, qf2_target = copy.deepcopy(qf1), copy.deepcopy(qf2)
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.lr)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.lr)
@@ -307,7 +315,8 @@ def train(args: Args) -> Path:
 
     env = make_env(args, rng)
     env.reset(seed=1_000_000 + int(rng.integers(2**30)))
-    obs = nets.observe(env.sim.snapshot(), env.scenario.window)
+    hint = eat_agent.hinter_of(actor)
+    obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
     rb = ReplayBuffer(args.buffer_size, obs)
 
     def episode_seed() -> int:
@@ -351,7 +360,7 @@ def train(args: Args) -> Path:
             if done:
                 next_obs = obs  # terminal: never bootstrapped
             else:
-                next_obs = nets.observe(env.sim.snapshot(), env.scenario.window)
+                next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
             rb.add(obs, index, reward, next_obs, done)
             obs = next_obs
             global_step += 1
@@ -367,7 +376,7 @@ def train(args: Args) -> Path:
                 env.reset(seed=episode_seed())
                 while env.sim.done:
                     env.reset(seed=episode_seed())
-                obs = nets.observe(env.sim.snapshot(), env.scenario.window)
+                obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
                 episode_return = 0.0
 
             # ALGO LOGIC: training
@@ -481,6 +490,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     the actor is trained by cross-entropy through the chain, the critics by the SAC target."""
     assert args.bc_policy is not None
     teacher = base.make(args.bc_policy)
+    hint = eat_agent.hinter_of(actor)
     for _ in range(args.bc_episodes):
         env = make_env(args, rng)
         seed = 1_000_000 + int(rng.integers(2**30))
@@ -489,10 +499,10 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
         done = env.sim.done
         while not done:
             snap = env.sim.snapshot()
-            obs = nets.observe(snap, env.scenario.window)
+            obs = nets.observe(snap, env.scenario.window, hint)
             index = option_of(snap, teacher.decide(snap), args.step_bins)
             reward, done, _ = step(env, args, index, None)
-            next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window)
+            next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window, hint)
             rb.add(obs, index, reward, next_obs, done)
     for i in range(args.bc_updates):
         obs, actions, rewards, next_obs, dones = rb.sample(args.batch_size, rng)
@@ -509,8 +519,7 @@ def option_of(snap: Any, d: Any, bins: int) -> int:
     """A heuristic's Decision as the nearest option (anchor = the node holding most of its GPUs)."""
     if d is None:
         return 0
-    nodes = [int(snap.gpu_node[g]) for g in d.gpus]
-    anchor = max(set(nodes), key=nodes.count)
+    anchor = nets.anchor_of(snap, d.gpus)
     lo, hi = int(snap.job_steps_min[d.job]), int(snap.job_steps_max[d.job])
     b = nets.bin_of_steps(lo, hi, d.steps, bins)
     return nets.encode(d.job, anchor, nets.features.K_VALUES.index(d.k), b, snap.n_nodes, bins)
@@ -546,6 +555,7 @@ def main(
     batch_size: int = 64,
     eval_every: int = 2_500,
     eval_seeds: int = 5,
+    hint: Annotated[Optional[str], typer.Option(help="Heuristic whose proposal the policy sees at every decision (e.g. edf-cache-queue).")] = None,
     bc_policy: Annotated[Optional[str], typer.Option(help="Heuristic to warm-start from (e.g. edf-cache).")] = None,
     bc_episodes: int = 0,
     bc_updates: int = 0,
@@ -566,13 +576,14 @@ def main(
         raise typer.BadParameter(f"step-bins must be at least 2, got {step_bins}")
     if mode not in ("choose-k", "fixed-k", "mixed"):
         raise typer.BadParameter(f"mode must be choose-k, fixed-k or mixed, got {mode!r}")
+    for option, policy in (("hint", hint), ("bc-policy", bc_policy)):
+        if policy is not None and not base.known(policy):
+            raise typer.BadParameter(f"{option}: unknown policy {policy!r}; known: {', '.join(base.names())}")
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
                 max_minutes=max_minutes, nodes=nodes, mode=mode, learning_starts=learning_starts, batch_size=batch_size,
-                eval_every=eval_every, eval_seeds=eval_seeds, bc_policy=bc_policy, bc_episodes=bc_episodes,
+                eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 bc_updates=bc_updates, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
-                export=export)
-    if quality_weight is not None:
-        args.quality_weight = quality_weight
+                export=export, quality_weight=quality_weight)
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")
 

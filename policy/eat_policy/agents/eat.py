@@ -80,13 +80,19 @@ def to_decision(snap: Snapshot, option: tuple[int, int, int, int], pointer: np.n
     return Decision(j, gpus, nets.steps_of_bin(lo, hi, b, bins))
 
 
+def hinter_of(actor: nets.Actor) -> nets.Hinter | None:
+    """What a hinted actor is shown: a fresh instance of its heuristic's ``decide``."""
+    return base.make(actor.hint).decide if actor.hint else None
+
+
 def act(
     actor: nets.Actor, snap: Snapshot, generator: torch.Generator | None = None, greedy: bool = True,
-    shuffle_state: bool = False,
+    shuffle_state: bool = False, hint: nets.Hinter | None = None,
 ) -> tuple[Decision | None, dict[str, np.ndarray], int, np.ndarray | None]:
     """One decision: (Decision or None to wait, the observation, the flat option index, the
-    chosen job's pointer scores over nodes for the chosen k)."""
-    obs = nets.observe(snap)
+    chosen job's pointer scores over nodes for the chosen k). A hinted actor needs ``hint``
+    (``hinter_of``)."""
+    obs = nets.observe(snap, hint=hint)
     o = nets.to_tensors(obs)
     with torch.no_grad():
         u, v, w = actor(o, generator, shuffle_state=shuffle_state)
@@ -142,7 +148,9 @@ class Instant:
 
 class LearnedPolicy:
     """Greedy decisions of an actor. ``reuse``: decisions taken from one actor pass at the same
-    instant before it runs again (1: a fresh pass per decision, as in training)."""
+    instant before it runs again (1: a fresh pass per decision, as in training). A hinted actor
+    runs afresh for every decision, since its input (the heuristic's proposal) changes with each
+    dispatch."""
 
     def __init__(self, variant: str = "eat", actor: nets.Actor | None = None, shuffle_state: bool = False,
                  diffusion_steps: int | None = None, name: str | None = None, reuse: int = 1) -> None:
@@ -156,6 +164,7 @@ class LearnedPolicy:
         self.generator = torch.Generator(self.device).manual_seed(
             int(np.random.SeedSequence([seed, 0xEA7]).generate_state(1)[0]))
         self.instant: Instant | None = None
+        self.hinters: dict[str, nets.Hinter] = {}
 
     def _actor(self, snap: Snapshot) -> nets.Actor:
         if self.actor is not None:
@@ -166,7 +175,8 @@ class LearnedPolicy:
 
     def decide(self, snap: Snapshot) -> Decision | None:
         instant = self.instant
-        if instant is not None and instant.uses < self.reuse and instant.covers(snap):
+        reuse = self.reuse if self._actor(snap).hint is None else 1
+        if instant is not None and instant.uses < reuse and instant.covers(snap):
             instant.uses += 1
         else:
             instant = self.instant = self._encode(snap)
@@ -185,7 +195,10 @@ class LearnedPolicy:
 
     def _encode(self, snap: Snapshot) -> Instant:
         actor = self._actor(snap)
-        o = {k: t.to(self.device) for k, t in nets.to_tensors(nets.observe(snap)).items()}
+        hint = None
+        if actor.hint:
+            hint = self.hinters.get(actor.hint) or self.hinters.setdefault(actor.hint, hinter_of(actor))
+        o = {k: t.to(self.device) for k, t in nets.to_tensors(nets.observe(snap, hint=hint)).items()}
         with torch.no_grad():
             u, v, w = actor(o, self.generator, shuffle_state=self.shuffle_state)
         weights = actor.encoder.attention_weights()

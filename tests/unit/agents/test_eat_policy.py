@@ -213,7 +213,7 @@ class _CountingActor(torch.nn.Module):
 
     def __init__(self, actor: nets.Actor) -> None:
         super().__init__()
-        self.inner, self.encoder, self.calls = actor, actor.encoder, 0
+        self.inner, self.encoder, self.hint, self.calls = actor, actor.encoder, actor.hint, 0
 
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self.calls += 1
@@ -293,3 +293,55 @@ def test_greedy_decides_wait_or_dispatch_first_then_the_best_dispatch() -> None:
     assert nets.greedy_index(logp) == 2
     assert nets.greedy_index(torch.tensor([0.6, 0.1, 0.2, 0.1]).log()) == 0
     assert nets.greedy_index(torch.tensor([0.0])) == 0  # nothing to dispatch
+
+
+# --- hinted actors: a heuristic's proposal as input (a residual policy) ---------------------------
+
+
+def test_hint_features_encode_the_heuristics_proposal() -> None:
+    snap = _snapshot(scenarios.edge(n_nodes=6, initial_queue=30, n_jobs=40), warm_steps=2)
+    proposal = base.make("edf-cache-queue").decide(snap)
+    assert proposal is not None
+    h = nets.observe(snap, hint=lambda s: proposal)
+    j = proposal.job
+    assert h["hint_jobs"][:, 0].nonzero()[0].tolist() == [j]
+    assert h["hint_jobs"][j, 1 + nets.features.K_VALUES.index(proposal.k)] == 1.0
+    assert h["hint_jobs"][j, 1:1 + nets.N_K].sum() == 1.0
+    lo, hi = snap.job_steps_min[j], snap.job_steps_max[j]
+    assert h["hint_jobs"][j, -1] == pytest.approx((proposal.steps - lo) / (hi - lo))
+    most_gpus = np.bincount(snap.gpu_node[list(proposal.gpus)], minlength=snap.n_nodes).argmax()
+    assert h["hint_pairs"][j, :, 0].nonzero()[0].tolist() == [most_gpus]
+    assert h["hint_pairs"][j, :, 1].sum() == pytest.approx(1.0)
+    assert not h["hint_pairs"][np.arange(snap.n_jobs) != j].any() and h["hint_wait"][0] == 0.0
+    waiting = nets.observe(snap, window=40, hint=lambda s: None)
+    assert waiting["hint_wait"][0] == 1.0 and not waiting["hint_jobs"].any() and not waiting["hint_pairs"].any()
+    assert waiting["hint_jobs"].shape == (40, nets.HINT_JOB_DIM)
+    assert "hint_jobs" not in nets.observe(snap)
+
+
+def test_a_hinted_actor_responds_to_the_proposal_and_its_checkpoint_names_the_heuristic(tmp_path) -> None:
+    torch.manual_seed(0)
+    actor = nets.Actor("eat", d=32, dp=16, hint="edf-cache-queue").eval()
+    save_policy(actor, tmp_path / "hinted.pt")
+    loaded = eat_agent.load_actor(tmp_path / "hinted.pt")
+    assert loaded.hint == "edf-cache-queue" and nets.config_of(loaded)["hint"] == "edf-cache-queue"
+    snap = _snapshot(scenarios.edge(n_nodes=6, initial_queue=30, n_jobs=40), warm_steps=2)
+    proposal = base.make("edf-cache-queue").decide(snap)
+
+    def probs(hint):
+        o = nets.to_tensors(nets.observe(snap, hint=hint))
+        return nets.joint_log_probs(*loaded(o, torch.Generator().manual_seed(0)), nets.option_mask(o)).exp()
+
+    assert not torch.allclose(probs(lambda s: proposal), probs(lambda s: None))
+    critic = nets.Critic("eat", d=32, dp=16, hint=True)
+    assert critic(nets.to_tensors(nets.observe(snap, hint=lambda s: proposal))).shape == probs(lambda s: None).shape
+    assert eat_agent.load_actor(eat_agent.CHECKPOINTS / "eat-edge.pt").hint is None  # older checkpoints: no hint
+
+
+def test_a_hinted_policy_asks_its_heuristic_and_runs_afresh_for_every_decision(small_edge: scenarios.Scenario) -> None:
+    torch.manual_seed(0)
+    actor = _CountingActor(nets.Actor("eat", d=32, dp=16, hint="edf-cache-queue").eval())
+    policy = eat_agent.LearnedPolicy("eat", actor=actor, reuse=1000)  # type: ignore[arg-type]
+    decisions = _episode(policy, small_edge)  # every decision valid
+    assert actor.calls == len(decisions)
+    assert set(policy.hinters) == {"edf-cache-queue"}

@@ -46,6 +46,17 @@ def test_mixed_mode_trains_on_both_paper_modes_and_evaluates_each() -> None:
     assert train.modes(train.Args(scenario="edge")) == ("",)
 
 
+def test_each_scenario_has_its_reward_defaults_and_explicit_values_win() -> None:
+    from eat_policy import train
+
+    edge, paper = train.Args(scenario="edge"), train.Args(scenario="paper")
+    assert (edge.time_scale_s, edge.env_reward_weight, edge.quality_weight) == (600.0, 1.0, 0.0)
+    assert (paper.time_scale_s, paper.env_reward_weight, paper.quality_weight) == (10.0, 0.0, 8.0)
+    assert edge.points == (0.5, 1.0) and paper.buffer_size == 100_000
+    explicit = train.Args(scenario="paper", quality_weight=0.0, time_scale_s=30.0, points=(0.05, 0.05))
+    assert (explicit.quality_weight, explicit.time_scale_s, explicit.points) == (0.0, 30.0, (0.05, 0.05))
+
+
 def test_a_clone_keeps_the_teachers_steps_to_the_nearest_bin() -> None:
     import numpy as np
 
@@ -71,6 +82,12 @@ def test_a_clone_keeps_the_teachers_steps_to_the_nearest_bin() -> None:
 def test_cli_refuses_an_unknown_mode() -> None:
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--mode", "sometimes"], capture_output=True, text=True)
     assert r.returncode != 0 and "mode must be choose-k, fixed-k or mixed" in r.stderr
+
+
+def test_cli_refuses_an_unknown_hint_or_teacher() -> None:
+    for option in ("--hint", "--bc-policy"):
+        r = subprocess.run([sys.executable, "-m", "eat_policy.train", option, "edf-kache"], capture_output=True, text=True)
+        assert r.returncode != 0 and "unknown policy 'edf-kache'" in r.stderr, r.stderr
 
 
 def test_the_actor_loss_adds_the_weighted_clone_loss_on_the_heuristics_decisions() -> None:
