@@ -37,6 +37,7 @@ import typer
 from eat_policy import nets
 from eat_policy.agents import base
 from eat_policy.agents import eat as eat_agent
+from eat_policy.agents import rollout
 from eat_policy.sim import env as sim_env
 from eat_policy.sim import scenarios
 
@@ -91,7 +92,8 @@ class Args:
     """Show the actor and critics this heuristic's proposal at every decision (``nets.hint_features``),
     so the policy can follow it where it is good and learn where to do better (a residual policy)."""
     bc_policy: Optional[str] = None
-    """Warm start: fill the buffer with this heuristic's episodes and clone it first (reported)."""
+    """Warm start: fill the buffer with this policy's episodes and clone it first (reported);
+    ``rollout:<heuristic>`` labels them by one-step rollouts over the heuristic (``agents.rollout``)."""
     bc_episodes: int = 0
     """Heuristic episodes for the warm start."""
     bc_updates: int = 0
@@ -489,13 +491,15 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     """Behaviour cloning from a heuristic: its decisions, mapped to options, fill the buffer;
     the actor is trained by cross-entropy through the chain, the critics by the SAC target."""
     assert args.bc_policy is not None
-    teacher = base.make(args.bc_policy)
+    teacher = make_teacher(args.bc_policy)
     hint = eat_agent.hinter_of(actor)
     for _ in range(args.bc_episodes):
         env = make_env(args, rng)
         seed = 1_000_000 + int(rng.integers(2**30))
         env.reset(seed=seed)
         teacher.reset(seed)
+        if isinstance(teacher, rollout.RolloutTeacher):
+            teacher.attach(env.sim)
         done = env.sim.done
         while not done:
             snap = env.sim.snapshot()
@@ -513,6 +517,13 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
         actor_optimizer.step()
         sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
                    qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
+
+
+def make_teacher(name: str) -> base.Policy:
+    """A registered policy, or ``rollout:<heuristic>`` (``agents.rollout``, training only)."""
+    if name.startswith(rollout.PREFIX):
+        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX))
+    return base.make(name)
 
 
 def option_of(snap: Any, d: Any, bins: int) -> int:
@@ -556,7 +567,7 @@ def main(
     eval_every: int = 2_500,
     eval_seeds: int = 5,
     hint: Annotated[Optional[str], typer.Option(help="Heuristic whose proposal the policy sees at every decision (e.g. edf-cache-queue).")] = None,
-    bc_policy: Annotated[Optional[str], typer.Option(help="Heuristic to warm-start from (e.g. edf-cache).")] = None,
+    bc_policy: Annotated[Optional[str], typer.Option(help="Heuristic to warm-start from (e.g. edf-cache), or rollout:<heuristic>, its one-step rollout improvement.")] = None,
     bc_episodes: int = 0,
     bc_updates: int = 0,
     bc_weight: Annotated[float, typer.Option(help="Keep this weight x the clone loss in SAC's actor loss.")] = 0.0,
@@ -576,7 +587,7 @@ def main(
         raise typer.BadParameter(f"step-bins must be at least 2, got {step_bins}")
     if mode not in ("choose-k", "fixed-k", "mixed"):
         raise typer.BadParameter(f"mode must be choose-k, fixed-k or mixed, got {mode!r}")
-    for option, policy in (("hint", hint), ("bc-policy", bc_policy)):
+    for option, policy in (("hint", hint), ("bc-policy", bc_policy and bc_policy.removeprefix(rollout.PREFIX))):
         if policy is not None and not base.known(policy):
             raise typer.BadParameter(f"{option}: unknown policy {policy!r}; known: {', '.join(base.names())}")
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,

@@ -126,3 +126,15 @@ def test_the_actor_loss_adds_the_weighted_clone_loss_on_the_heuristics_decisions
     plain, cloned = actor_loss(False), actor_loss(True)
     # the clone term is the heuristic's decisions' NLL under the actor: positive, of the order of log(#options)
     assert 0.5 < (cloned - plain) / args.bc_weight < 10.0
+
+
+def test_rollout_teachers_are_made_for_training_and_checked_by_the_cli() -> None:
+    from eat_policy import train
+    from eat_policy.agents import rollout
+
+    teacher = train.make_teacher("rollout:edf-cache-queue")
+    assert isinstance(teacher, rollout.RolloutTeacher) and teacher.base.name == "edf-cache-queue"
+    assert train.make_teacher("cache-lct").name == "cache-lct"
+    r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--bc-policy", "rollout:edf-kache"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown policy 'edf-kache'" in r.stderr, r.stderr

@@ -1,0 +1,78 @@
+"""A training-only teacher: one-step lookahead over a heuristic, scored by full rollouts.
+
+At each decision it takes the heuristic's proposal and a few alternatives (wait; the proposed
+job on the fastest idle GPU that holds its model, has it on disk, or has neither; the proposed
+steps ×0.75 and ×1.25), plays each out on a copy of the simulator to the end of the episode with
+the heuristic deciding everything after it, and keeps the one with the highest return. That is
+policy iteration's improvement step, exact because the copy is the same episode; it is also
+clairvoyant (the copy knows future arrivals), so it cannot serve: it labels demonstrations for
+``eat-policy train --bc-policy rollout:<heuristic>``, and the learned policy, which sees only the
+state, learns what of the improvement a state can predict.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from eat_policy.agents import base
+from eat_policy.sim import catalog, engine
+from eat_policy.snapshot import Decision, Snapshot
+
+PREFIX = "rollout:"
+STEPS_FACTORS = (0.75, 1.25)
+
+
+class RolloutTeacher:
+    def __init__(self, heuristic: str) -> None:
+        self.name = PREFIX + heuristic
+        self.base = base.make(heuristic)
+        self.sim: engine.Simulator | None = None
+
+    def attach(self, sim: engine.Simulator) -> None:
+        """The simulator whose episode the next decisions are for (copied, never stepped)."""
+        self.sim = sim
+
+    def reset(self, seed: int) -> None:
+        self.base.reset(seed)
+
+    def decide(self, snap: Snapshot) -> Decision | None:
+        if self.sim is None or self.sim.snapshot() is not snap:
+            raise RuntimeError(f"{self.name} decides only for the simulator attached to it (training demonstrations)")
+        proposal = self.base.decide(snap)
+        if proposal is None:
+            return None
+        options = alternatives(snap, proposal)
+        returns = [self._play_out(option) for option in options]
+        return options[int(np.argmax(returns))]
+
+    def _play_out(self, first: Decision | None) -> float:
+        sim = copy.deepcopy(self.sim)
+        assert sim is not None
+        total = sim.step(first)
+        while not sim.done:
+            total += sim.step(self.base.decide(sim.snapshot()))
+        return total
+
+
+def alternatives(snap: Snapshot, proposal: Decision) -> list[Decision | None]:
+    """The proposal first (ties keep it), then wait, other single GPUs and other steps."""
+    out: list[Decision | None] = [proposal, None]
+    j, m = proposal.job, int(snap.job_model[proposal.job])
+    if proposal.k == 1:
+        idle = (snap.gpu_free_at <= snap.now) & snap.node_up[snap.gpu_node]
+        idle[list(proposal.gpus)] = False
+        fits = snap.node_gpu_mem_gb[snap.gpu_node] >= catalog.MODELS[m].vram_gb if snap.scenario == "edge" else True
+        warm = snap.gpu_resident[:, m]
+        on_disk = snap.node_disk[snap.gpu_node, m]
+        for where in (warm, ~warm & on_disk, ~warm & ~on_disk):
+            gpus = np.flatnonzero(idle & where & fits)
+            if len(gpus):
+                out.append(Decision(j, (int(gpus[np.argmax(snap.gpu_speed[gpus])]),), proposal.steps))
+    lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
+    for factor in STEPS_FACTORS:
+        steps = int(np.clip(round(proposal.steps * factor), lo, hi))
+        if steps != proposal.steps:
+            out.append(Decision(j, proposal.gpus, steps))
+    return out
