@@ -96,6 +96,9 @@ class Args:
     ``rollout:<heuristic>`` labels them by one-step rollouts over the heuristic (``agents.rollout``)."""
     bc_episodes: int = 0
     """Heuristic episodes for the warm start."""
+    bc_dagger: int = 0
+    """DAgger rounds after the first clone: ``bc_episodes`` more episodes in which the clone acts
+    and the teacher labels what it reaches, then ``bc_updates`` more on all labels."""
     bc_updates: int = 0
     """Cross-entropy updates of the actor (and TD updates of the critics) on those episodes."""
     bc_weight: float = 0.0
@@ -327,8 +330,9 @@ def train(args: Args) -> Path:
     # ALGO LOGIC: optional warm start from a heuristic (reported in the checkpoint card)
     demos = None
     if args.bc_policy and not args.resume:
-        _warm_start(args, rng, rb, actor, qf1, qf2, qf1_target, qf2_target, actor_optimizer, q_optimizer, log_alpha)
-        demos = copy.deepcopy(rb) if args.bc_weight > 0 else None
+        labels = _warm_start(args, rng, rb, actor, qf1, qf2, qf1_target, qf2_target, actor_optimizer, q_optimizer,
+                             log_alpha)
+        demos = labels if args.bc_weight > 0 else None
 
     log_file = (run_dir / "log.csv").open("a", newline="")
     log = csv.writer(log_file)
@@ -487,36 +491,46 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
 def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: nets.Actor, qf1: nets.Critic,
                 qf2: nets.Critic, qf1_target: nets.Critic, qf2_target: nets.Critic,
                 actor_optimizer: torch.optim.Optimizer, q_optimizer: torch.optim.Optimizer,
-                log_alpha: torch.Tensor) -> None:
-    """Behaviour cloning from a heuristic: its decisions, mapped to options, fill the buffer;
-    the actor is trained by cross-entropy through the chain, the critics by the SAC target."""
+                log_alpha: torch.Tensor) -> ReplayBuffer:
+    """Behaviour cloning from a teacher: its decisions, mapped to options, label every state; the
+    actor is trained by cross-entropy through the chain, the critics by the SAC target on the
+    transitions taken. Round 0 follows the teacher; each of ``bc_dagger`` rounds more lets the
+    clone act and the teacher label the states the clone reaches (DAgger), then clones all labels
+    so far again. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
     assert args.bc_policy is not None
     teacher = make_teacher(args.bc_policy)
     hint = eat_agent.hinter_of(actor)
-    for _ in range(args.bc_episodes):
-        env = make_env(args, rng)
-        seed = 1_000_000 + int(rng.integers(2**30))
-        env.reset(seed=seed)
-        teacher.reset(seed)
-        if isinstance(teacher, rollout.RolloutTeacher):
-            teacher.attach(env.sim)
-        done = env.sim.done
-        while not done:
-            snap = env.sim.snapshot()
-            obs = nets.observe(snap, env.scenario.window, hint)
-            index = option_of(snap, teacher.decide(snap), args.step_bins)
-            reward, done, _ = step(env, args, index, None)
-            next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window, hint)
-            rb.add(obs, index, reward, next_obs, done)
-    for i in range(args.bc_updates):
-        obs, actions, rewards, next_obs, dones = rb.sample(args.batch_size, rng)
-        logp = nets.joint_log_probs(*actor(obs), nets.option_mask(obs))
-        loss = F.nll_loss(logp, actions)
-        actor_optimizer.zero_grad()
-        loss.backward()
-        actor_optimizer.step()
-        sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
-                   qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
+    labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
+    for round_ in range(1 + args.bc_dagger):
+        for _ in range(args.bc_episodes):
+            env = make_env(args, rng)
+            seed = 1_000_000 + int(rng.integers(2**30))
+            env.reset(seed=seed)
+            teacher.reset(seed)
+            if isinstance(teacher, rollout.RolloutTeacher):
+                teacher.attach(env.sim)
+            done = env.sim.done
+            while not done:
+                snap = env.sim.snapshot()
+                obs = nets.observe(snap, env.scenario.window, hint)
+                label = option_of(snap, teacher.decide(snap), args.step_bins)
+                index, pointer = label, None
+                if round_ > 0:
+                    _, _, index, pointer = eat_agent.act(actor, snap, hint=hint)
+                reward, done, _ = step(env, args, index, pointer)
+                next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window, hint)
+                rb.add(obs, index, reward, next_obs, done)
+                labels.add(obs, label, reward, next_obs, done)
+        for i in range(args.bc_updates):
+            obs, actions, _, _, _ = labels.sample(args.batch_size, rng)
+            logp = nets.joint_log_probs(*actor(obs), nets.option_mask(obs))
+            loss = F.nll_loss(logp, actions)
+            actor_optimizer.zero_grad()
+            loss.backward()
+            actor_optimizer.step()
+            sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
+                       qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
+    return labels
 
 
 def make_teacher(name: str) -> base.Policy:
@@ -570,6 +584,7 @@ def main(
     bc_policy: Annotated[Optional[str], typer.Option(help="Heuristic to warm-start from (e.g. edf-cache), or rollout:<heuristic>, its one-step rollout improvement.")] = None,
     bc_episodes: int = 0,
     bc_updates: int = 0,
+    bc_dagger: Annotated[int, typer.Option(help="DAgger rounds after the first clone (the clone acts, the teacher labels).")] = 0,
     bc_weight: Annotated[float, typer.Option(help="Keep this weight x the clone loss in SAC's actor loss.")] = 0.0,
     quality_weight: Annotated[Optional[float], typer.Option(help="Reward per unit quality Q (paper default 8: 80 job-seconds).")] = None,
     step_bins: Annotated[int, typer.Option(help="Steps bins over each job's range (the checkpoint records it).")] = nets.STEP_BINS,
@@ -593,7 +608,7 @@ def main(
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
                 max_minutes=max_minutes, nodes=nodes, mode=mode, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
-                bc_updates=bc_updates, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
+                bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
                 export=export, quality_weight=quality_weight)
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")

@@ -138,3 +138,30 @@ def test_rollout_teachers_are_made_for_training_and_checked_by_the_cli() -> None
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--bc-policy", "rollout:edf-kache"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "unknown policy 'edf-kache'" in r.stderr, r.stderr
+
+
+def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels() -> None:
+    import copy
+
+    import numpy as np
+
+    from eat_policy import nets, train
+
+    torch.manual_seed(0)
+    args = train.Args(scenario="paper", points=(0.11, 0.11), batch_size=8, bc_policy="cache-lct", bc_episodes=1,
+                      bc_updates=2, bc_dagger=1)
+    rng = np.random.default_rng(0)
+    env = train.make_env(args, rng)
+    env.reset(seed=1)
+    rb = train.ReplayBuffer(2000, nets.observe(env.sim.snapshot(), env.scenario.window))
+    actor, q1, q2 = nets.Actor("eat", d=32, dp=16), nets.Critic("eat", d=32, dp=16), nets.Critic("eat", d=32, dp=16)
+    labels = train._warm_start(args, rng, rb, actor, q1, q2, copy.deepcopy(q1), copy.deepcopy(q2),
+                               torch.optim.Adam(actor.parameters()), torch.optim.Adam([*q1.parameters(), *q2.parameters()]),
+                               torch.tensor(-3.0, requires_grad=True))
+    n = len(rb)
+    assert len(labels) == n
+    first = int(np.flatnonzero(rb.done[:n])[0]) + 1  # round 0: one teacher episode
+    assert (rb.action[:first] == labels.action[:first]).all()
+    assert (rb.action[first:n] != labels.action[first:n]).any(), "in the DAgger round the clone acts"
+    for k in rb.obs:
+        assert np.array_equal(rb.obs[k][:n], labels.obs[k][:n])
