@@ -12,8 +12,16 @@ below 25 s; we charge instead −(job-seconds spent in the system since the last
 — its episode sum is −Σ response times / 10 (Little's law) — plus ``quality_weight``·Q(steps)
 per dispatch. In ``edge`` we keep the env's reward (deadline met + quality − lateness) and add
 the time charge per 600 job-seconds, a tie-breaker that leaves deadlines first (checkpoints
-trained before that default took effect charged per 10, their cards say so). Training traces use seeds ≥ 10⁶ and periodic
-evaluation seeds 10⁵.., so the evaluation seeds 0..N of the harness are never trained on.
+trained before that default took effect charged per 10, their cards say so).
+
+Warm start (optional, before SAC): behaviour cloning from ``--bc-policy``, a heuristic or
+``rollout:<heuristic>`` (``agents.rollout``: the heuristic improved by one-step lookahead on
+copies of the episode, a teacher that cannot serve but can label), with ``--bc-dagger`` rounds in
+which the clone acts and the teacher labels. ``--hint <heuristic>`` shows the networks that
+heuristic's proposal at every decision (``nets.hint_features``), so the policy starts from it and
+learns where to differ.
+
+Training traces use seeds ≥ 10⁶ and periodic evaluation seeds 10⁵.., so the evaluation seeds 0..N of the harness are never trained on.
 """
 
 from __future__ import annotations

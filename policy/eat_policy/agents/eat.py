@@ -148,9 +148,8 @@ class Instant:
 
 class LearnedPolicy:
     """Greedy decisions of an actor. ``reuse``: decisions taken from one actor pass at the same
-    instant before it runs again (1: a fresh pass per decision, as in training). A hinted actor
-    runs afresh for every decision, since its input (the heuristic's proposal) changes with each
-    dispatch."""
+    instant before it runs again (1: a fresh pass per decision, as in training). A hinted actor's
+    reused pass saw the heuristic's proposal for the first of those dispatches only."""
 
     def __init__(self, variant: str = "eat", actor: nets.Actor | None = None, shuffle_state: bool = False,
                  diffusion_steps: int | None = None, name: str | None = None, reuse: int = 1) -> None:
@@ -175,8 +174,7 @@ class LearnedPolicy:
 
     def decide(self, snap: Snapshot) -> Decision | None:
         instant = self.instant
-        reuse = self.reuse if self._actor(snap).hint is None else 1
-        if instant is not None and instant.uses < reuse and instant.covers(snap):
+        if instant is not None and instant.uses < self.reuse and instant.covers(snap):
             instant.uses += 1
         else:
             instant = self.instant = self._encode(snap)

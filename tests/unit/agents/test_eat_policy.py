@@ -338,10 +338,17 @@ def test_a_hinted_actor_responds_to_the_proposal_and_its_checkpoint_names_the_he
     assert eat_agent.load_actor(eat_agent.CHECKPOINTS / "eat-edge.pt").hint is None  # older checkpoints: no hint
 
 
-def test_a_hinted_policy_asks_its_heuristic_and_runs_afresh_for_every_decision(small_edge: scenarios.Scenario) -> None:
+def test_a_hinted_policy_asks_its_heuristic_at_every_actor_pass(small_edge: scenarios.Scenario) -> None:
     torch.manual_seed(0)
     actor = _CountingActor(nets.Actor("eat", d=32, dp=16, hint="edf-cache-queue").eval())
-    policy = eat_agent.LearnedPolicy("eat", actor=actor, reuse=1000)  # type: ignore[arg-type]
-    decisions = _episode(policy, small_edge)  # every decision valid
-    assert actor.calls == len(decisions)
-    assert set(policy.hinters) == {"edf-cache-queue"}
+    policy = eat_agent.LearnedPolicy("eat", actor=actor)  # type: ignore[arg-type]
+    asked = []
+    policy.reset(0)
+    policy.hinters["edf-cache-queue"] = lambda snap: asked.append(snap.now) or base.make("edf-cache-queue").decide(snap)
+    sim = engine.Simulator(small_edge)
+    sim.reset(0)
+    decisions = 0
+    while not sim.done:
+        sim.step(policy.decide(sim.snapshot()))  # every decision valid
+        decisions += 1
+    assert actor.calls == len(asked) == decisions
