@@ -335,7 +335,7 @@ def test_a_hinted_actor_responds_to_the_proposal_and_its_checkpoint_names_the_he
     assert not torch.allclose(probs(lambda s: proposal), probs(lambda s: None))
     critic = nets.Critic("eat", d=32, dp=16, hint=True)
     assert critic(nets.to_tensors(nets.observe(snap, hint=lambda s: proposal))).shape == probs(lambda s: None).shape
-    assert eat_agent.load_actor(eat_agent.CHECKPOINTS / "eat-edge.pt").hint is None  # older checkpoints: no hint
+    assert eat_agent.load_actor(eat_agent.CHECKPOINTS / "eat-paper.pt").hint is None  # written before hints: none
 
 
 def test_a_hinted_policy_asks_its_heuristic_at_every_actor_pass(small_edge: scenarios.Scenario) -> None:
