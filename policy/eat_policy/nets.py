@@ -16,6 +16,10 @@ the anchor node's idle GPUs first, then the anchor's warm group-mates, then the 
 pointer score (``node_scores``), repaired by ``sim.env.fill_gpus``. Infeasible options (job not
 dispatchable, k not allowed or larger than the idle GPUs, anchor without a usable idle GPU) are
 masked out before the softmax, so they get probability exactly 0.
+
+A hinted network (``hint="edf-cache-queue"``) also takes that heuristic's proposal for the
+state (``hint_features``) into its job, global and pair tokens: a residual policy, which can
+start from the heuristic and learn where to differ.
 """
 
 from __future__ import annotations

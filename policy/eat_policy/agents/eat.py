@@ -11,7 +11,8 @@ and our evaluations use ``torch.set_num_threads(1)``).
 Registers ``eat``, ``d-sac`` and ``sac``, plus the chain-ablation evaluations ``eat-shuffled``
 (the chain conditioned on another state's tokens) and ``eat-1step`` (one denoising step), and
 ``eat-reuse8``/``eat-reuse32`` (several dispatches of one instant from one actor pass, as the
-policy service does).
+policy service does). A checkpoint whose config names a ``hint`` heuristic (``eat-edge``) is
+shown that heuristic's proposal with every pass (``nets.hint_features``).
 """
 
 from __future__ import annotations
@@ -193,9 +194,9 @@ class LearnedPolicy:
 
     def _encode(self, snap: Snapshot) -> Instant:
         actor = self._actor(snap)
-        hint = None
-        if actor.hint:
-            hint = self.hinters.get(actor.hint) or self.hinters.setdefault(actor.hint, hinter_of(actor))
+        if actor.hint and actor.hint not in self.hinters:
+            self.hinters[actor.hint] = hinter_of(actor)
+        hint = self.hinters.get(actor.hint) if actor.hint else None
         o = {k: t.to(self.device) for k, t in nets.to_tensors(nets.observe(snap, hint=hint)).items()}
         with torch.no_grad():
             u, v, w = actor(o, self.generator, shuffle_state=self.shuffle_state)
