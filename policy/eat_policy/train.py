@@ -584,6 +584,7 @@ def main(
     max_minutes: Annotated[float, typer.Option(help="Wall-clock budget in minutes.")] = 25.0,
     nodes: Annotated[Optional[int], typer.Option(help="Cluster size (default 4 paper, 8 edge).")] = None,
     mode: Annotated[str, typer.Option(help="paper: choose-k, fixed-k or mixed (either, per episode).")] = "choose-k",
+    points: Annotated[Optional[str], typer.Option(help="LO,HI: range of λ (paper) or ρ (edge) drawn per episode (default 0.01,0.11 paper, 0.5,1.0 edge).")] = None,
     learning_starts: int = 1_000,
     batch_size: int = 64,
     eval_every: int = 2_500,
@@ -610,6 +611,14 @@ def main(
         raise typer.BadParameter(f"step-bins must be at least 2, got {step_bins}")
     if mode not in ("choose-k", "fixed-k", "mixed"):
         raise typer.BadParameter(f"mode must be choose-k, fixed-k or mixed, got {mode!r}")
+    span = None
+    if points is not None:
+        try:
+            span = tuple(float(x) for x in points.split(","))
+        except ValueError:
+            span = ()
+        if len(span) != 2 or not 0 < span[0] <= span[1]:
+            raise typer.BadParameter(f"points must be LO,HI with 0 < LO <= HI, got {points!r}")
     for option, policy in (("hint", hint), ("bc-policy", bc_policy and bc_policy.removeprefix(rollout.PREFIX))):
         if policy is not None and not base.known(policy):
             raise typer.BadParameter(f"{option}: unknown policy {policy!r}; known: {', '.join(base.names())}")
@@ -617,7 +626,7 @@ def main(
                 max_minutes=max_minutes, nodes=nodes, mode=mode, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
-                export=export, quality_weight=quality_weight)
+                export=export, quality_weight=quality_weight, points=span)
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")
 

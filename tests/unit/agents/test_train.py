@@ -165,3 +165,9 @@ def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels() -> None:
     assert (rb.action[first:n] != labels.action[first:n]).any(), "in the DAgger round the clone acts"
     for k in rb.obs:
         assert np.array_equal(rb.obs[k][:n], labels.obs[k][:n])
+
+
+def test_cli_refuses_a_bad_points_range() -> None:
+    for bad in ("0.8", "1.0,0.5", "a,b", "0,1"):
+        r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--points", bad], capture_output=True, text=True)
+        assert r.returncode != 0 and "points must be LO,HI" in r.stderr, (bad, r.stderr)
