@@ -92,11 +92,12 @@ def hint_features(snap: Snapshot, proposal: Decision | None) -> dict[str, np.nda
         return {"hint_jobs": jobs, "hint_pairs": pairs, "hint_wait": np.ones(1, np.float32)}
     j = proposal.job
     nodes = gpus_per_node(snap, proposal.gpus)
+    anchor = int(nodes.argmax())  # anchor_of, from the counts already here
     lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
     jobs[j, 0] = 1.0
     jobs[j, 1 + features.K_VALUES.index(proposal.k)] = 1.0
     jobs[j, -1] = 0.0 if hi == lo else (proposal.steps - lo) / (hi - lo)
-    pairs[j, int(nodes.argmax()), 0] = 1.0  # the anchor, as anchor_of
+    pairs[j, anchor, 0] = 1.0
     pairs[j, :, 1] = nodes / proposal.k
     return {"hint_jobs": jobs, "hint_pairs": pairs, "hint_wait": np.zeros(1, np.float32)}
 

@@ -21,7 +21,8 @@ which the clone acts and the teacher labels. ``--hint <heuristic>`` shows the ne
 heuristic's proposal at every decision (``nets.hint_features``), so the policy starts from it and
 learns where to differ.
 
-Training traces use seeds ≥ 10⁶ and periodic evaluation seeds 10⁵.., so the evaluation seeds 0..N of the harness are never trained on.
+Training traces use seeds ≥ 10⁶ and periodic evaluation seeds 10⁵.., so the evaluation seeds
+0..N of the harness are never trained on.
 """
 
 from __future__ import annotations
@@ -511,24 +512,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
     for round_ in range(1 + args.bc_dagger):
         for _ in range(args.bc_episodes):
-            env = make_env(args, rng)
-            seed = 1_000_000 + int(rng.integers(2**30))
-            env.reset(seed=seed)
-            teacher.reset(seed)
-            if isinstance(teacher, rollout.RolloutTeacher):
-                teacher.attach(env.sim)
-            done = env.sim.done
-            while not done:
-                snap = env.sim.snapshot()
-                obs = nets.observe(snap, env.scenario.window, hint)
-                label = option_of(snap, teacher.decide(snap), args.step_bins)
-                index, pointer = label, None
-                if round_ > 0:
-                    _, _, index, pointer = eat_agent.act(actor, snap, hint=hint)
-                reward, done, _ = step(env, args, index, pointer)
-                next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window, hint)
-                rb.add(obs, index, reward, next_obs, done)
-                labels.add(obs, label, reward, next_obs, done)
+            _label_episode(args, rng, teacher, actor if round_ > 0 else None, hint, rb, labels)
         for i in range(args.bc_updates):
             obs, actions, _, _, _ = labels.sample(args.batch_size, rng)
             logp = nets.joint_log_probs(*actor(obs), nets.option_mask(obs))
@@ -539,6 +523,30 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
             sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
                        qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
     return labels
+
+
+def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, clone: nets.Actor | None,
+                   hint: nets.Hinter | None, rb: ReplayBuffer, labels: ReplayBuffer) -> None:
+    """One training episode: the teacher labels every state; the clone acts if given, else the
+    teacher. ``rb`` gets the transitions taken, ``labels`` the teacher's choice for each state."""
+    env = make_env(args, rng)
+    seed = 1_000_000 + int(rng.integers(2**30))
+    env.reset(seed=seed)
+    teacher.reset(seed)
+    if isinstance(teacher, rollout.RolloutTeacher):
+        teacher.attach(env.sim)
+    done = env.sim.done
+    while not done:
+        snap = env.sim.snapshot()
+        obs = nets.observe(snap, env.scenario.window, hint)
+        label = option_of(snap, teacher.decide(snap), args.step_bins)
+        index, pointer = label, None
+        if clone is not None:
+            _, _, index, pointer = eat_agent.act(clone, snap, hint=hint)
+        reward, done, _ = step(env, args, index, pointer)
+        next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window, hint)
+        rb.add(obs, index, reward, next_obs, done)
+        labels.add(obs, label, reward, next_obs, done)
 
 
 def make_teacher(name: str) -> base.Policy:
