@@ -307,9 +307,11 @@ def train(args: Args) -> Path:
     (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), default=str, indent=1))
 
     # ALGO LOGIC: networks, targets, optimisers, entropy temperature
+    train_nodes = make_scenario(args, args.points[0]).n_nodes
     actor = nets.Actor(args.variant, args.d_model, diffusion_steps=args.diffusion_steps, step_bins=args.step_bins,
-                       hint=args.hint)
-    qf1, qf2 = (nets.Critic(args.variant, args.d_model, step_bins=args.step_bins, hint=bool(args.hint)) for _ in range(2))
+                       hint=args.hint, train_nodes=train_nodes)
+    qf1, qf2 = (nets.Critic(args.variant, args.d_model, step_bins=args.step_bins, hint=bool(args.hint),
+                            train_nodes=train_nodes) for _ in range(2))
     qf1_target, qf2_target = copy.deepcopy(qf1), copy.deepcopy(qf2)
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.lr)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.lr)
@@ -362,9 +364,9 @@ def train(args: Args) -> Path:
             mask = nets.option_mask(o)
             with torch.no_grad():
                 u, v, w = actor(o)
-                logp = nets.joint_log_probs(u, v, w, mask)[0]
+                logp = nets.masked_log_probs(u, v, w, o)[0]
             if global_step - start_step < args.learning_starts and not args.bc_policy and not args.resume:
-                feasible = torch.cat([torch.ones(1, dtype=torch.bool), mask[0].flatten().repeat_interleave(args.step_bins)])
+                feasible = torch.cat([o["may_wait"][0], mask[0].flatten().repeat_interleave(args.step_bins)])
                 index = int(torch.multinomial(feasible.float(), 1))
             else:
                 index = int(torch.multinomial(logp.exp(), 1))
@@ -452,7 +454,7 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
     alpha = log_alpha.exp().detach()
     # 1. diffusion-actor sample at s' and twin-Q target (exact expectation over the options)
     with torch.no_grad():
-        next_logp = nets.joint_log_probs(*actor(next_obs), nets.option_mask(next_obs))
+        next_logp = nets.masked_log_probs(*actor(next_obs), next_obs)
         next_p = next_logp.exp()
         min_q_next = torch.min(qf1_target(next_obs), qf2_target(next_obs))
         v_next = (next_p * (min_q_next - alpha * next_logp)).sum(1)
@@ -468,14 +470,14 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
     # 3. delayed actor loss through the whole reverse chain, then 4. α autotune
     if global_step % args.policy_frequency == 0:
         mask = nets.option_mask(obs)
-        logp = nets.joint_log_probs(*actor(obs), mask)
+        logp = nets.masked_log_probs(*actor(obs), obs)
         p = logp.exp()
         with torch.no_grad():
             min_q = torch.min(qf1(obs), qf2(obs))
         actor_loss = (p * (alpha * logp - min_q)).sum(1).mean()
         if demos is not None:
             d_obs, d_actions, _, _, _ = demos.sample(args.batch_size, rng)
-            d_logp = nets.joint_log_probs(*actor(d_obs), nets.option_mask(d_obs))
+            d_logp = nets.masked_log_probs(*actor(d_obs), d_obs)
             actor_loss = actor_loss + args.bc_weight * F.nll_loss(d_logp, d_actions)
         actor_optimizer.zero_grad()
         actor_loss.backward()
@@ -515,7 +517,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
             _label_episode(args, rng, teacher, actor if round_ > 0 else None, hint, rb, labels)
         for i in range(args.bc_updates):
             obs, actions, _, _, _ = labels.sample(args.batch_size, rng)
-            logp = nets.joint_log_probs(*actor(obs), nets.option_mask(obs))
+            logp = nets.masked_log_probs(*actor(obs), obs)
             loss = F.nll_loss(logp, actions)
             actor_optimizer.zero_grad()
             loss.backward()

@@ -97,7 +97,7 @@ def act(
     o = nets.to_tensors(obs)
     with torch.no_grad():
         u, v, w = actor(o, generator, shuffle_state=shuffle_state)
-        logp = nets.joint_log_probs(u, v, w, nets.option_mask(o))[0]
+        logp = nets.masked_log_probs(u, v, w, o)[0]
         if greedy:
             index = nets.greedy_index(logp)
         else:
@@ -138,7 +138,8 @@ class Instant:
         rows = [self.row_of[int(i)] for i in snap.job_id]
         job_mask, k_mask, free = nets.features.masks(snap)
         mask = torch.from_numpy(job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None])
-        logp = nets.joint_log_probs(self.u[None, rows], self.v[None, rows], self.w, mask[None])[0]
+        may_wait = torch.tensor([nets.features.may_wait(snap, bool(job_mask.any()))])
+        logp = nets.joint_log_probs(self.u[None, rows], self.v[None, rows], self.w, mask[None], may_wait)[0]
         bins = self.u.shape[-1]
         option = nets.decode(nets.greedy_index(logp), snap.n_jobs, snap.n_nodes, bins)
         if option is None:

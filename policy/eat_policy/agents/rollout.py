@@ -1,8 +1,8 @@
 """A training-only teacher: one-step lookahead over a heuristic, scored by full rollouts.
 
-At each decision it takes the heuristic's proposal and a few alternatives (wait; the proposed
-job on the fastest idle GPU that holds its model, has it on disk, or has neither; the proposed
-steps ×0.75 and ×1.25), plays each out on a copy of the simulator to the end of the episode with
+At each decision it takes the heuristic's proposal and a few alternatives (wait, unless every GPU
+is idle; the proposed job on the fastest idle GPU that holds its model, has it on disk, or has
+neither; the proposed steps ×0.75 and ×1.25), plays each out on a copy of the simulator to the end of the episode with
 the heuristic deciding everything after it, and keeps the one with the highest return. That is
 policy iteration's improvement step, exact because the copy is the same episode; it is also
 clairvoyant (the copy knows future arrivals), so it cannot serve: it labels demonstrations for
@@ -16,6 +16,7 @@ import copy
 
 import numpy as np
 
+from eat_policy import features
 from eat_policy.agents import base
 from eat_policy.sim import catalog, engine
 from eat_policy.snapshot import Decision, Snapshot
@@ -57,8 +58,9 @@ class RolloutTeacher:
 
 
 def alternatives(snap: Snapshot, proposal: Decision) -> list[Decision | None]:
-    """The proposal first (ties keep it), then wait, other single GPUs and other steps."""
-    out: list[Decision | None] = [proposal, None]
+    """The proposal first (ties keep it), then wait (where a policy may: ``features.may_wait``),
+    other single GPUs and other steps."""
+    out: list[Decision | None] = [proposal] + ([None] if features.may_wait(snap, can_dispatch=True) else [])
     j, m = proposal.job, int(snap.job_model[proposal.job])
     if proposal.k == 1:
         idle = (snap.gpu_free_at <= snap.now) & snap.node_up[snap.gpu_node]

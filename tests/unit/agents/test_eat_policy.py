@@ -352,3 +352,69 @@ def test_a_hinted_policy_asks_its_heuristic_at_every_actor_pass(small_edge: scen
         sim.step(policy.decide(sim.snapshot()))  # every decision valid
         decisions += 1
     assert actor.calls == len(asked) == decisions
+
+
+# --- robustness on clusters the network was not trained on ------------------------------------
+
+
+def _waiting_actor() -> nets.Actor:
+    """An actor that wants to wait at every state (its wait logit is huge)."""
+    actor = make_actor()
+    with torch.no_grad():
+        actor.wait_head[-1].bias.fill_(1e3)
+    return actor
+
+
+def test_waiting_is_masked_when_every_gpu_is_idle() -> None:
+    snap = _snapshot(scenarios.edge(n_nodes=4, initial_queue=6, n_jobs=10), warm_steps=0)
+    assert not (snap.gpu_free_at > snap.now).any()
+    obs = nets.observe(snap)
+    assert obs["job_mask"].any() and not obs["may_wait"][0]
+    policy = eat_agent.LearnedPolicy("eat", actor=_waiting_actor())
+    assert policy.decide(snap) is not None  # the actor's best dispatch instead of a wait
+    busy = _snapshot(scenarios.edge(n_nodes=4, initial_queue=6, n_jobs=10), warm_steps=1)
+    assert nets.observe(busy)["may_wait"][0]
+    policy.reset(0)
+    assert policy.decide(busy) is None  # with a completion coming, waiting is the actor's call
+
+
+@pytest.mark.parametrize("reuse", [1, 32])
+def test_a_policy_that_always_wants_to_wait_still_serves_every_job(reuse: int) -> None:
+    sim = engine.Simulator(scenarios.edge(n_nodes=4, load=0.5, n_jobs=15))
+    sim.reset(0)
+    policy = eat_agent.LearnedPolicy("eat", actor=_waiting_actor(), reuse=reuse)
+    policy.reset(0)
+    while not sim.done:
+        sim.step(policy.decide(sim.snapshot()))
+    assert sim.metrics().unfinished == 0
+
+
+def _replicated(o: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+    """The same cluster with every node copied ``times`` times (the node axis of each input)."""
+    node_axis = {"nodes": 1, "pairs": 2, "free": 2, "hint_pairs": 2}
+    return {k: v.repeat_interleave(times, dim=node_axis[k]) if k in node_axis else v for k, v in o.items()}
+
+
+def test_train_nodes_keeps_a_larger_cluster_of_the_same_nodes_encoded_alike() -> None:
+    snap = _snapshot(scenarios.edge(n_nodes=4, initial_queue=8, n_jobs=12))
+    o = nets.to_tensors(nets.observe(snap))
+    big = _replicated(o, 4)  # 16 nodes: four copies of each
+    torch.manual_seed(0)
+    corrected = nets.Encoder(d=32, dp=16, train_nodes=4)
+    plain = nets.Encoder(d=32, dp=16)
+    plain.load_state_dict(corrected.state_dict())
+    small_c, big_c = corrected(o), corrected(big)
+    assert torch.allclose(small_c.glob, big_c.glob, atol=1e-5) and torch.allclose(small_c.jobs, big_c.jobs, atol=1e-5)
+    assert torch.allclose(big_c.pairs, small_c.pairs.repeat_interleave(4, dim=2), atol=1e-5)
+    small_p, big_p = plain(o), plain(big)
+    assert torch.equal(small_p.glob, small_c.glob)  # at the training size the correction is zero
+    assert not torch.allclose(small_p.glob, big_p.glob, atol=1e-3)  # without it the tokens drift
+
+
+def test_train_nodes_is_recorded_by_training_and_by_every_shipped_checkpoint(tmp_path) -> None:
+    actor = nets.Actor("eat", d=32, dp=16, train_nodes=8)
+    save_policy(actor, tmp_path / "p.pt")
+    assert nets.config_of(eat_agent.load_actor(tmp_path / "p.pt"))["train_nodes"] == 8
+    trained_on = {"eat-edge": 8, "eat-paper": 4, "eat-paper-fixed-k": 4, "d-sac-paper": 4, "sac-paper": 4}
+    for name, n in trained_on.items():
+        assert torch.load(eat_agent.CHECKPOINTS / f"{name}.pt", weights_only=True)["config"]["train_nodes"] == n

@@ -35,8 +35,12 @@ def test_the_teacher_improves_on_its_heuristic(seed: int) -> None:
 def test_alternatives_start_with_the_proposal_and_are_all_feasible() -> None:
     sim = engine.Simulator(scenarios.edge(n_nodes=6, load=0.8, n_jobs=60, initial_queue=10))
     sim.reset(2)
-    snap = sim.snapshot()
-    proposal = base.make("edf-cache-queue").decide(snap)
+    heuristic = base.make("edf-cache-queue")
+    idle = sim.snapshot()  # every GPU idle: waiting is not an option (features.may_wait)
+    assert None not in rollout.alternatives(idle, heuristic.decide(idle))
+    sim.step(heuristic.decide(idle))
+    while (proposal := heuristic.decide(snap := sim.snapshot())) is None or proposal.k > 1:
+        sim.step(proposal)  # to a single-GPU proposal, which has other GPUs to compare with
     options = rollout.alternatives(snap, proposal)
     assert options[0] == proposal and options[1] is None and len(options) > 3
     assert len(set(options)) == len(options)

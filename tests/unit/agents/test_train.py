@@ -23,7 +23,8 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
         assert (run_dir / name).exists(), name
     rows = list(csv.DictReader((run_dir / "log.csv").open()))
     assert any(r["kind"] == "episode" for r in rows) and any(r["kind"] == "eval" for r in rows)
-    eat_agent.load_actor(tmp_path / "exported.pt")
+    exported = eat_agent.load_actor(tmp_path / "exported.pt")
+    assert exported.encoder.train_nodes == 4  # the paper scenario's cluster, for the node-share correction
     assert torch.load(run_dir / "state.pt", weights_only=True)["global_step"] == 240
 
     resume = [sys.executable, "-m", "eat_policy.train", "--scenario", "paper", "--total-timesteps", "300",
