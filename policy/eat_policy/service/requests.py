@@ -62,6 +62,11 @@ def validate_jobs(jobs: list[api.JobRequest]) -> None:
         raise BadRequest("job ids must be unique")
 
 
+OVERDUE_S = 1e-3
+"""When a busy GPU frees, seen from a request whose estimate for it has passed: any moment (1 ms),
+but not now. The node still reports it busy, so it must not be planned onto (nor read as idle)."""
+
+
 def build(req: api.PlanRequest, now: float, window: int, live: prometheus.NodeMetrics, busy_guess_s: float,
           saturated: float) -> Planned:
     validate_jobs(req.jobs)
@@ -91,7 +96,7 @@ def _snapshot(nodes: list[api.NodeInfo], jobs: list[api.JobRequest], queue_len: 
         own = np.arange(first, first + node.gpus_total)
         slots[i, : node.gpus_total] = own
         busy = node.gpus_total - min(node.gpus_free, node.gpus_total)
-        release = sorted(max(t - now, 0.0) for t in node.gpu_free_at)[:busy]
+        release = sorted(max(t - now, OVERDUE_S) for t in node.gpu_free_at)[:busy]
         release += [busy_guess_s] * (busy - len(release))
         free_at[own[node.gpus_total - busy:]] = release  # the last GPUs are the busy ones
         util[own[node.gpus_total - busy:]] = 1.0

@@ -50,6 +50,12 @@ def test_busy_and_not_ready_nodes_are_not_used(client) -> None:  # type: ignore[
     assert body["decisions"][0]["nodes"] == ["ok"]
 
 
+def test_a_gpu_past_its_expected_release_is_still_busy(client) -> None:  # type: ignore[no-untyped-def]
+    now = time.time()
+    body = plan(client, [make_job(now=now)], [make_node("overdue", free=0, gpu_free_at=[now - 5])], now=now)
+    assert body["decisions"][0]["action"] == "wait"
+
+
 def test_empty_node_list_holds_every_job(client) -> None:  # type: ignore[no-untyped-def]
     body = plan(client, [make_job()], [])
     assert body["decisions"][0]["action"] == "wait" and "no idle GPU" in body["decisions"][0]["reason"]
