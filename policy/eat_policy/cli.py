@@ -106,9 +106,12 @@ def evaluate(
     arrival: ArrivalOpt = "poisson",
     jobs: JobsOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder for CSV and PNGs.")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="One of --policies: also print each other policy's paired difference from it (same seeds).")] = None,
 ) -> None:
     """Compare schedulers on identical traces: table (mean ± 95% CI), CSV and plots."""
     names = _policies(policies)
+    if baseline is not None and baseline not in names:
+        raise typer.BadParameter(f"baseline {baseline!r} is not one of the policies ({', '.join(names)})")
     if seeds < 2:
         raise typer.BadParameter(f"seeds must be >= 2 for a confidence interval, got {seeds}")
     if rates and loads:
@@ -129,6 +132,8 @@ def evaluate(
     evaluation.write_csv(results, out / "episodes.csv")
     plots = evaluation.plot(results, out, label)
     console.print(_table(evaluation.summarise(results), label, f"{scenario} ({mode}), {seeds} seeds, mean ± 95% CI"))
+    if baseline is not None:
+        console.print(_paired_table(evaluation.paired(results, baseline), label, baseline))
     console.print(f"wrote {out / 'episodes.csv'} and {', '.join(p.name for p in plots)}")
 
 
@@ -176,6 +181,19 @@ def _table(rows: list[dict[str, object]], label: str, title: str) -> Table:
                 ci = 0.0 if math.isfinite(ci) and ci < 1e-9 * max(1.0, abs(mean)) else ci  # float noise
                 cells.append(f"{mean:.3g} ± {ci:.2g}" if math.isfinite(ci) else f"{mean:.3g}")
         table.add_row(f"{row['point']:g}", str(row["policy"]), *cells)
+    return table
+
+
+def _paired_table(rows: list[dict[str, object]], label: str, baseline: str) -> Table:
+    table = Table(title=f"policy − {baseline}, paired by seed, mean ± 95% CI")
+    table.add_column(label.split(" (")[0], justify="right")
+    table.add_column("policy", no_wrap=True)
+    for metric in evaluation.PAIRED_METRICS:
+        table.add_column(f"Δ {metric}", justify="right", no_wrap=True)
+    table.add_column("resp ratio", justify="right")
+    for row in rows:
+        cells = [f"{mean:+.3g} ± {ci:.2g}" for mean, ci in (row[m] for m in evaluation.PAIRED_METRICS)]  # type: ignore[misc]
+        table.add_row(f"{row['point']:g}", str(row["policy"]), *cells, f"{row['resp_ratio']:.3f}")
     return table
 
 

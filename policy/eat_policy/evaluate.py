@@ -90,6 +90,26 @@ def summarise(results: list[EpisodeResult]) -> list[dict[str, object]]:
     return rows
 
 
+PAIRED_METRICS = ("resp_mean_s", "deadline_attainment", "quality_mean", "cold_start_rate")
+
+
+def paired(results: list[EpisodeResult], baseline: str) -> list[dict[str, object]]:
+    """One row per (policy, point) other than the baseline: mean and 95% CI of the per-seed
+    difference policy − baseline of each paired metric (the same trace on both sides, so the
+    trace-to-trace spread cancels), and the ratio of mean response times."""
+    base = {(r.point, r.seed): r.metrics for r in results if r.policy == baseline}
+    rows = []
+    for key in dict.fromkeys((r.policy, r.point) for r in results if r.policy != baseline):
+        group = [r for r in results if (r.policy, r.point) == key and (r.point, r.seed) in base]
+        row: dict[str, object] = {"policy": key[0], "point": key[1], "seeds": len(group)}
+        for metric in PAIRED_METRICS:
+            row[metric] = mean_ci(r.metrics[metric] - base[(r.point, r.seed)][metric] for r in group)
+        own = np.mean([r.metrics["resp_mean_s"] for r in group])
+        row["resp_ratio"] = float(own / np.mean([base[(r.point, r.seed)]["resp_mean_s"] for r in group]))
+        rows.append(row)
+    return rows
+
+
 def write_csv(results: list[EpisodeResult], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(results[0].metrics)

@@ -40,6 +40,28 @@ def test_evaluate_writes_table_csv_and_plots(tmp_path) -> None:  # type: ignore[
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_paired_differences_are_per_seed_against_the_baseline() -> None:
+    res = evaluate.sweep(lambda r: scenarios.paper(rate=r), ["random", "cache-lct"], [0.05], range(4))
+    (row,) = evaluate.paired(res, "random")
+    assert row["policy"] == "cache-lct" and row["seeds"] == 4
+    by = {(r.policy, r.seed): r.metrics["resp_mean_s"] for r in res}
+    diffs = [by[("cache-lct", s)] - by[("random", s)] for s in range(4)]
+    assert row["resp_mean_s"] == pytest.approx(evaluate.mean_ci(diffs))
+    assert row["resp_ratio"] == pytest.approx(np.mean([by[("cache-lct", s)] for s in range(4)])
+                                              / np.mean([by[("random", s)] for s in range(4)]))
+    assert row["resp_mean_s"][0] < 0  # the cache-aware heuristic is faster than random on every trace here
+
+
+def test_evaluate_prints_the_paired_table_and_refuses_a_baseline_it_does_not_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    args = ["evaluate", "--seeds", "2", "--rates", "0.05", "--policies", "random,cache-lct", "--out", str(tmp_path)]
+    result = runner.invoke(cli.app, [*args, "--baseline", "random"])
+    assert result.exit_code == 0, result.output
+    assert "policy − random, paired by seed" in result.output and "resp ratio" in result.output
+    refused = runner.invoke(cli.app, [*args, "--baseline", "edf-cache"])
+    assert refused.exit_code == 2
+    assert "baseline 'edf-cache' is not one of the policies" in " ".join(refused.output.replace("│", " ").split())
+
+
 def test_simulate_prints_metrics() -> None:
     result = runner.invoke(cli.app, ["simulate", "--scenario", "paper", "--policy", "cache-lct", "--seed", "1"])
     assert result.exit_code == 0, result.output
