@@ -1,6 +1,7 @@
 """The real trainer for a few hundred steps, as cleanrl's tests run each script (and resume)."""
 
 import csv
+import math
 import subprocess
 import sys
 
@@ -172,3 +173,27 @@ def test_cli_refuses_a_bad_points_range() -> None:
     for bad in ("0.8", "1.0,0.5", "a,b", "0,1"):
         r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--points", bad], capture_output=True, text=True)
         assert r.returncode != 0 and "points must be LO,HI" in r.stderr, (bad, r.stderr)
+
+
+def test_the_periodic_evaluation_covers_every_eval_cluster(monkeypatch) -> None:
+    from eat_policy import nets, train
+    from eat_policy.sim import scenarios
+
+    seen = []
+
+    def small(args, point, mode="choose-k"):  # type: ignore[no-untyped-def]
+        seen.append(args.nodes)
+        return scenarios.edge(n_nodes=args.nodes or 8, load=point, n_jobs=8)
+
+    monkeypatch.setattr(train, "make_scenario", small)
+    args = train.Args(scenario="edge", nodes=3, eval_nodes=(5, 7), eval_seeds=2)
+    ev = train.greedy_eval(nets.Actor("eat", d=32, dp=16).eval(), args)
+    assert seen == [3, 5, 7] and all(math.isfinite(v) for v in ev.values())
+
+
+def test_cli_refuses_bad_cluster_sizes() -> None:
+    for option, bad, message in (("--eval-nodes", "16,x", "comma-separated node counts"),
+                                 ("--eval-nodes", "0", "n_nodes must be in"), ("--nodes", "0", "n_nodes must be in")):
+        r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--scenario", "edge", option, bad],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and message in r.stderr, (bad, r.stderr)
