@@ -234,7 +234,7 @@ class Encoder(nn.Module):
         if self.attention:
             x = torch.cat([hg, hj, hn], 1)
             pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool), ~real_job, torch.zeros(b, n, dtype=torch.bool)], 1)
-            node_share = self._node_share(x.shape[1], n)
+            node_share = self._node_share(x.shape[1], n, x.device)
             for blk in self.self_blocks:
                 x = blk(x, x, pad, node_share)
             hg, hj, hn = x[:, :1], x[:, 1 : 1 + j], x[:, 1 + j :]
@@ -254,11 +254,11 @@ class Encoder(nn.Module):
         hp = self.pout(self.pj(hj)[:, :, None] + self.pn(hn)[:, None] + pair_in)
         return Encoded(hg[:, 0], hj, hp)
 
-    def _node_share(self, length: int, n: int) -> torch.Tensor | None:
+    def _node_share(self, length: int, n: int, device: torch.device) -> torch.Tensor | None:
         """(1, 1, 1, length) self-attention logit bias: log(train_nodes / n) on the n node keys."""
         if not self.train_nodes or self.train_nodes == n:
             return None
-        bias = torch.zeros(1, 1, 1, length)
+        bias = torch.zeros(1, 1, 1, length, device=device)
         bias[..., length - n :] = math.log(self.train_nodes / n)
         return bias
 
