@@ -369,7 +369,7 @@ def train(args: Args) -> Path:
             mask = nets.option_mask(o)
             with torch.no_grad():
                 u, v, w = actor(o)
-                logp = nets.masked_log_probs(u, v, w, o)[0]
+                logp = nets.joint_log_probs(u, v, w, mask, o["may_wait"])[0]
             if global_step - start_step < args.learning_starts and not args.bc_policy and not args.resume:
                 feasible = torch.cat([o["may_wait"][0], mask[0].flatten().repeat_interleave(args.step_bins)])
                 index = int(torch.multinomial(feasible.float(), 1))
@@ -475,7 +475,7 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
     # 3. delayed actor loss through the whole reverse chain, then 4. α autotune
     if global_step % args.policy_frequency == 0:
         mask = nets.option_mask(obs)
-        logp = nets.masked_log_probs(*actor(obs), obs)
+        logp = nets.joint_log_probs(*actor(obs), mask, obs["may_wait"])
         p = logp.exp()
         with torch.no_grad():
             min_q = torch.min(qf1(obs), qf2(obs))

@@ -2,12 +2,12 @@
 
 At each decision it takes the heuristic's proposal and a few alternatives (wait, unless every GPU
 is idle; the proposed job on the fastest idle GPU that holds its model, has it on disk, or has
-neither; the proposed steps ×0.75 and ×1.25), plays each out on a copy of the simulator to the end of the episode with
-the heuristic deciding everything after it, and keeps the one with the highest return. That is
-policy iteration's improvement step, exact because the copy is the same episode; it is also
-clairvoyant (the copy knows future arrivals), so it cannot serve: it labels demonstrations for
-``eat-policy train --bc-policy rollout:<heuristic>``, and the learned policy, which sees only the
-state, learns what of the improvement a state can predict.
+neither; the proposed steps ×0.75 and ×1.25), plays each out on a copy of the simulator to the
+end of the episode with the heuristic deciding everything after it, and keeps the one with the
+highest return. That is policy iteration's improvement step, exact because the copy is the same
+episode; it is also clairvoyant (the copy knows future arrivals), so it cannot serve: it labels
+demonstrations for ``eat-policy train --bc-policy rollout:<heuristic>``, and the learned policy,
+which sees only the state, learns what of the improvement a state can predict.
 """
 
 from __future__ import annotations
