@@ -29,7 +29,6 @@ from eat_extender.settings import Settings
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500
-REFRESH_MIN_INTERVAL_S = 0.5
 REFRESH_TIMEOUT_S = 1.0
 
 
@@ -66,7 +65,10 @@ class Watcher:
         self._threads: list[threading.Thread] = []
         self._responses: dict[str, Any] = {}
         self.last_error: str | None = None
-        self._refreshed: dict[str, float] = {}
+        self._read_started: dict[str, float] = {}
+        """Per node, when the last completed re-read of its pods began (monotonic)."""
+        self._node_locks: dict[str, threading.Lock] = {}
+        self._node_locks_guard = threading.Lock()
 
     def start(self) -> None:
         for resource in (cache.NODES, cache.PODS):
@@ -91,20 +93,32 @@ class Watcher:
         Called (in a worker thread) before the filter holds a pod back for lack of GPUs on these
         nodes: the watch may not have delivered a deletion that kube-scheduler has already seen,
         and a pod rejected by the extender alone is retried only on the next cluster event.
-        Each node is re-read at most once per ``REFRESH_MIN_INTERVAL_S``. True if any was.
+
+        Every call is answered by a read that began after it was made: a read skipped because
+        another had just been done could miss a deletion that happened in between, and then the
+        pod would wait for minutes. Concurrent calls for one node share a read. True once every
+        node has been re-read (False without an API client).
         """
         if self._api is None:
             return False
-        now = time.monotonic()
-        todo = [n for n in nodes if now - self._refreshed.get(n, -1e9) >= REFRESH_MIN_INTERVAL_S]
-        for node in todo:
-            self._refreshed[node] = now
-            resp = self._api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
-                                                         _preload_content=False, _request_timeout=REFRESH_TIMEOUT_S)
-            items = json.loads(resp.data).get("items") or []
-            self.target.replace_node_pods(node, _parse_all(wire.Pod, items))
-            metrics.node_refreshes.inc()
-        return bool(todo)
+        asked = time.monotonic()
+        for node in nodes:
+            with self._node_lock(node):
+                if self._read_started.get(node, -1.0) >= asked:
+                    continue  # a read that began after this call has just finished
+                started = time.monotonic()
+                resp = self._api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
+                                                             _preload_content=False,
+                                                             _request_timeout=REFRESH_TIMEOUT_S)
+                items = json.loads(resp.data).get("items") or []
+                self.target.replace_node_pods(node, _parse_all(wire.Pod, items))
+                self._read_started[node] = started
+                metrics.node_refreshes.inc()
+        return True
+
+    def _node_lock(self, node: str) -> threading.Lock:
+        with self._node_locks_guard:
+            return self._node_locks.setdefault(node, threading.Lock())
 
     # ------------------------------------------------------------------ the loop
 

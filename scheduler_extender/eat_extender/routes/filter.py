@@ -5,9 +5,9 @@ read, a cache that is not synced yet, or a bug set ``Error`` (the scheduler then
 ``ignorable`` extender for the pod and logs the message).
 
 Before holding a pod back for lack of GPUs, it re-reads the pods of the nodes concerned from
-the API server (at most every half second per node): the watch can trail kube-scheduler's own
-informers by a few milliseconds, and a pod that only the extender rejected is retried on the
-next cluster event, which in a quiet cluster may not come for minutes.
+the API server (every time: see ``watching.Watcher.refresh_nodes``): the watch can trail
+kube-scheduler's own informers by a few milliseconds, and a pod that only the extender rejected
+is retried on the next cluster event, which in a quiet cluster may not come for minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["scheduling"])
 
 VERB = "filter"
-REFRESH_WAIT_S = 0.5
+REFRESH_WAIT_S = 1.0
 """Longest wait for a re-read of short nodes; kube-scheduler's httpTimeout is 2 s."""
 NOT_SYNCED = ("eat-extender: not synced with the API server yet (nodes and pods not listed); "
               "scheduling without the extender")

@@ -184,7 +184,50 @@ def test_refresh_rereads_the_pods_of_a_node(api: FakeAPI, run_watcher: Any) -> N
     assert c.snapshot().nodes["a"].gpus_free == 2  # p gone, new counted
     selector = [kw for r, kw in api.calls if kw.get("field_selector")]
     assert selector[-1]["field_selector"] == "spec.nodeName=a"
-    assert w.refresh_nodes(["a"]) is False  # rate-limited: asked again at once
+
+
+def test_every_refresh_reads_after_it_was_asked(api: FakeAPI, run_watcher: Any) -> None:
+    """Asked again at once, it reads again: the pod freed in between must be seen.
+
+    A refresh skipped because the node had just been read left a gang unplaced for minutes:
+    the deletion came between the two filter calls, and the watch had not delivered it yet.
+    """
+    w, c = run_watcher(lambda s: api)
+    wait(lambda: c.snapshot().synced, "first lists")
+    api.pages["pods"] = [Page([kube.make_pod("hog", 4, node="a", phase="Running")], "30")]
+    assert w.refresh_nodes(["a"]) is True
+    assert c.snapshot().nodes["a"].gpus_free == 0
+    api.pages["pods"] = [Page([], "31")]  # the hog is deleted; no watch event yet
+    assert w.refresh_nodes(["a"]) is True
+    assert c.snapshot().nodes["a"].gpus_free == 4
+
+
+def test_concurrent_refreshes_of_a_node_share_a_read(api: FakeAPI, run_watcher: Any) -> None:
+    w, c = run_watcher(lambda s: api)
+    wait(lambda: c.snapshot().synced, "first lists")
+    gate, reading = threading.Event(), threading.Event()
+    plain = api.list_pod_for_all_namespaces
+
+    def slow_read(**kw: Any) -> Any:
+        reading.set()
+        gate.wait(5)
+        return plain(**kw)
+
+    api.list_pod_for_all_namespaces = slow_read  # type: ignore[method-assign]
+    before = metrics.node_refreshes._value.get()
+    first = threading.Thread(target=w.refresh_nodes, args=(["a"],))
+    first.start()
+    assert reading.wait(5)
+    # Asked while the first read is under way: it began before this call, so one more is due.
+    second = threading.Thread(target=w.refresh_nodes, args=(["a"],))
+    third = threading.Thread(target=w.refresh_nodes, args=(["a"],))
+    second.start()
+    third.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in (first, second, third):
+        t.join(5)
+    assert metrics.node_refreshes._value.get() - before == 2  # the second and third shared one
 
 
 def test_unreadable_objects_are_skipped(api: FakeAPI, run_watcher: Any) -> None:
