@@ -489,8 +489,7 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
         torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
         actor_optimizer.step()
         entropy = -(p * logp).sum(1).detach()
-        n_feasible = mask.flatten(1).sum(1) * args.step_bins + 1
-        target = args.target_entropy_frac * torch.log(n_feasible.float())
+        target = entropy_target(mask, obs["may_wait"], args.step_bins, args.target_entropy_frac)
         alpha_loss = (log_alpha * (entropy - target)).mean()
         a_optimizer.zero_grad()
         alpha_loss.backward()
@@ -502,6 +501,13 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
             for p_, tp in zip(net.parameters(), target_net.parameters()):
                 tp.mul_(1 - args.tau).add_(args.tau * p_)
     return out
+
+
+def entropy_target(mask: torch.Tensor, may_wait: torch.Tensor, step_bins: int, frac: float) -> torch.Tensor:
+    """α's target entropy per state: ``frac`` of the uniform entropy over the options open there
+    (every feasible dispatch at each steps bin, and wait where ``may_wait``)."""
+    n_open = mask.flatten(1).sum(1) * step_bins + may_wait.reshape(-1).long()
+    return frac * torch.log(n_open.float())
 
 
 def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: nets.Actor, qf1: nets.Critic,

@@ -130,6 +130,17 @@ def test_the_actor_loss_adds_the_weighted_clone_loss_on_the_heuristics_decisions
     assert 0.5 < (cloned - plain) / args.bc_weight < 10.0
 
 
+def test_the_entropy_target_counts_wait_only_where_it_is_open() -> None:
+    from eat_policy import train
+
+    mask = torch.zeros(2, 3, 4, dtype=torch.bool)
+    mask[:, 0, :2] = True  # two feasible dispatches in each state
+    may_wait = torch.tensor([True, False])
+    target = train.entropy_target(mask, may_wait, step_bins=4, frac=0.5)
+    # 2 dispatches x 4 bins, plus wait in the first state only
+    assert torch.allclose(target, 0.5 * torch.log(torch.tensor([9.0, 8.0])))
+
+
 def test_rollout_teachers_are_made_for_training_and_checked_by_the_cli() -> None:
     from eat_policy import train
     from eat_policy.agents import rollout
