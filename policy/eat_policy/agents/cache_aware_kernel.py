@@ -177,7 +177,7 @@ def plan(now, free_at, node_up, resident, disk, window, job_model, job_pixels, j
     for p in range(window.shape[0]):
         j = window[p]
         steps = job_steps_max[j]
-        if job_deadline[j] == INF:
+        if job_deadline[j] == INF:  # physics.default_steps_of
             steps = min(max(default_steps, job_steps_min[j]), job_steps_max[j])
         kinds[p] = -1
         for c in range(kind_key.shape[0]):

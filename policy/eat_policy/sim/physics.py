@@ -69,12 +69,17 @@ def steps_within_deadline(snap: Snapshot, j: int, placement: Placement, default_
 
     Jobs without a deadline get ``default_steps``, clipped to their range.
     """
-    lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
     deadline = float(snap.job_deadline_s[j])
     if math.isinf(deadline):
-        return min(max(default_steps, lo), hi)
+        return default_steps_of(snap, j, default_steps)
     budget = deadline - placement.start_s - placement.startup_s - placement.fixed_s
-    return min(max(int(budget // placement.per_step_s), lo), hi)
+    return min(max(int(budget // placement.per_step_s), int(snap.job_steps_min[j])), int(snap.job_steps_max[j]))
+
+
+def default_steps_of(snap: Snapshot, j: int, default_steps: int) -> int:
+    """The steps of a job without a deadline: ``default_steps`` clipped to the job's range.
+    (``agents.cache_aware_kernel`` repeats this rule inside its compiled loop.)"""
+    return min(max(default_steps, int(snap.job_steps_min[j])), int(snap.job_steps_max[j]))
 
 
 def _ready_times(snap: Snapshot, idle_only: bool, exclude: np.ndarray | None, unusable: np.ndarray | None) -> np.ndarray:
