@@ -98,9 +98,12 @@ def paired(results: list[EpisodeResult], baseline: str) -> list[dict[str, object
     difference policy − baseline of each paired metric (the same trace on both sides, so the
     trace-to-trace spread cancels), and the ratio of mean response times."""
     base = {(r.point, r.seed): r.metrics for r in results if r.policy == baseline}
+    groups: dict[tuple[str, float], list[EpisodeResult]] = {}
+    for r in results:
+        if r.policy != baseline and (r.point, r.seed) in base:
+            groups.setdefault((r.policy, r.point), []).append(r)
     rows = []
-    for key in dict.fromkeys((r.policy, r.point) for r in results if r.policy != baseline):
-        group = [r for r in results if (r.policy, r.point) == key and (r.point, r.seed) in base]
+    for key, group in groups.items():
         row: dict[str, object] = {"policy": key[0], "point": key[1], "seeds": len(group)}
         for metric in PAIRED_METRICS:
             row[metric] = mean_ci(r.metrics[metric] - base[(r.point, r.seed)][metric] for r in group)
