@@ -113,7 +113,9 @@ class Args:
     bc_weight: float = 0.0
     """After the warm start, keep this weight × the cross-entropy on the heuristic's decisions in
     the actor loss (as TD3+BC does), so SAC improves on the clone instead of forgetting it
-    (measured: without it, 400 SAC steps took the edge clone from 7.4 s to 10.7 s). Not on --resume."""
+    (measured: without it, 400 SAC steps took the edge clone from 7.4 s to 10.7 s). The
+    demonstrations are kept in the run directory (``demos.pt``), so ``--resume`` with a
+    ``--bc-weight`` keeps the clone loss too."""
     eval_every: int = 2_500
     """Steps between periodic evaluations and checkpoints."""
     eval_seeds: int = 5
@@ -229,6 +231,25 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return self.capacity if self.full else self.pos
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The filled part as tensors (for ``torch.save``; loadable with ``weights_only=True``)."""
+        n = len(self)
+        out = {f"obs.{k}": torch.from_numpy(v[:n]) for k, v in self.obs.items()}
+        out |= {f"next.{k}": torch.from_numpy(v[:n]) for k, v in self.next.items()}
+        return out | {"action": torch.from_numpy(self.action[:n]), "reward": torch.from_numpy(self.reward[:n]),
+                      "done": torch.from_numpy(self.done[:n])}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "ReplayBuffer":
+        """A full buffer holding exactly what ``state_dict`` saved."""
+        example = {k.removeprefix("obs."): v[0].numpy() for k, v in state.items() if k.startswith("obs.")}
+        rb = cls(len(state["action"]), example)
+        for k in rb.obs:
+            rb.obs[k][:], rb.next[k][:] = state[f"obs.{k}"].numpy(), state[f"next.{k}"].numpy()
+        rb.action[:], rb.reward[:], rb.done[:] = (state[k].numpy() for k in ("action", "reward", "done"))
+        rb.full = True
+        return rb
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[dict, torch.Tensor, torch.Tensor, dict, torch.Tensor]:
         i = rng.integers(0, len(self), n)
@@ -348,7 +369,10 @@ def train(args: Args) -> Path:
     if args.bc_policy and not args.resume:
         labels = _warm_start(args, rng, rb, actor, qf1, qf2, qf1_target, qf2_target, actor_optimizer, q_optimizer,
                              log_alpha)
+        torch.save(labels.state_dict(), run_dir / DEMOS_FILE)
         demos = labels if args.bc_weight > 0 else None
+    elif args.resume and args.bc_weight > 0:
+        demos = load_demos(run_dir)
 
     log_file = (run_dir / "log.csv").open("a", newline="")
     log = csv.writer(log_file)
@@ -562,6 +586,18 @@ def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, c
         labels.add(obs, label, reward, next_obs, done)
 
 
+DEMOS_FILE = "demos.pt"
+
+
+def load_demos(run_dir: Path) -> ReplayBuffer:
+    """The warm start's labelled states of a run, for the clone loss of a resumed run."""
+    path = run_dir / DEMOS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: --bc-weight on --resume needs a run that had a warm start "
+                                "(--bc-policy)")
+    return ReplayBuffer.from_state_dict(torch.load(path, weights_only=True))
+
+
 def make_teacher(name: str) -> base.Policy:
     """A registered policy, or ``rollout:<heuristic>`` (``agents.rollout``, training only)."""
     if name.startswith(rollout.PREFIX):
@@ -643,6 +679,9 @@ def main(
             raise typer.BadParameter(f"points must be LO,HI with 0 < LO <= HI, got {points!r}")
     _check_cluster("nodes", nodes, scenario)
     sizes = _node_counts(eval_nodes, scenario)
+    if resume is not None and bc_weight > 0 and not (resume / DEMOS_FILE).exists():
+        raise typer.BadParameter(f"bc-weight: {resume / DEMOS_FILE} is missing (the run had no warm start), "
+                                 "so there is no clone loss to keep")
     for option, policy in (("hint", hint), ("bc-policy", bc_policy and bc_policy.removeprefix(rollout.PREFIX))):
         if policy is not None and not base.known(policy):
             raise typer.BadParameter(f"{option}: unknown policy {policy!r}; known: {', '.join(base.names())}")

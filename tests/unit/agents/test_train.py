@@ -2,6 +2,7 @@
 
 import csv
 import math
+import os
 import subprocess
 import sys
 
@@ -16,11 +17,11 @@ from eat_policy.agents import eat as eat_agent
 def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
     cmd = [sys.executable, "-m", "eat_policy.train", "--scenario", "paper", "--variant", "eat",
            "--total-timesteps", "240", "--learning-starts", "120", "--eval-every", "240", "--eval-seeds", "1",
-           "--bc-policy", "cache-lct", "--bc-episodes", "2", "--bc-updates", "5",
+           "--bc-policy", "cache-lct", "--bc-episodes", "2", "--bc-updates", "5", "--bc-weight", "0.5",
            "--out", str(tmp_path), "--export", str(tmp_path / "exported.pt")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=280)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json"):
+    for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.pt"):
         assert (run_dir / name).exists(), name
     rows = list(csv.DictReader((run_dir / "log.csv").open()))
     assert any(r["kind"] == "episode" for r in rows) and any(r["kind"] == "eval" for r in rows)
@@ -29,9 +30,36 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
     assert torch.load(run_dir / "state.pt", weights_only=True)["global_step"] == 240
 
     resume = [sys.executable, "-m", "eat_policy.train", "--scenario", "paper", "--total-timesteps", "300",
-              "--eval-every", "300", "--eval-seeds", "1", "--resume", str(run_dir)]
+              "--eval-every", "300", "--eval-seeds", "1", "--bc-weight", "0.5", "--resume", str(run_dir)]
     subprocess.run(resume, check=True, capture_output=True, timeout=280)
     assert torch.load(run_dir / "state.pt", weights_only=True)["global_step"] == 300
+
+
+def test_the_warm_starts_demonstrations_survive_a_save_and_load(tmp_path) -> None:
+    import numpy as np
+
+    from eat_policy import nets, train
+
+    rng = np.random.default_rng(0)
+    env = train.make_env(train.Args(scenario="edge"), rng)
+    env.reset(seed=3)
+    obs = nets.observe(env.sim.snapshot(), env.scenario.window)
+    rb = train.ReplayBuffer(8, obs)
+    for i in range(5):
+        rb.add(obs, i + 1, float(i), obs, i == 4)
+    torch.save(rb.state_dict(), tmp_path / train.DEMOS_FILE)
+    back = train.load_demos(tmp_path)
+    assert len(back) == 5 and back.action.tolist() == [1, 2, 3, 4, 5] and back.done.tolist() == [0, 0, 0, 0, 1]
+    for k, v in obs.items():
+        assert np.array_equal(back.obs[k][4], v) and back.obs[k].dtype == rb.obs[k].dtype
+    o, actions, _, _, _ = back.sample(16, rng)  # it samples like the buffer it came from
+    assert set(actions.tolist()) <= {1, 2, 3, 4, 5} and o["nodes"].shape[0] == 16
+
+
+def test_resuming_with_a_clone_loss_needs_the_runs_demonstrations(tmp_path) -> None:
+    r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--bc-weight", "0.5", "--resume", str(tmp_path)],
+                       capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
+    assert r.returncode != 0 and "demos.pt is missing (the run had no warm start)" in r.stderr, r.stderr
 
 
 def test_mixed_mode_trains_on_both_paper_modes_and_evaluates_each() -> None:
