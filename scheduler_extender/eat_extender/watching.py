@@ -97,24 +97,32 @@ class Watcher:
         Every call is answered by a read that began after it was made: a read skipped because
         another had just been done could miss a deletion that happened in between, and then the
         pod would wait for minutes. Concurrent calls for one node share a read. True once every
-        node has been re-read (False without an API client).
+        node has been re-read (False without an API client, or if a node's read was stuck).
         """
         if self._api is None:
             return False
         asked = time.monotonic()
+        fresh = True
         for node in nodes:
-            with self._node_lock(node):
-                if self._read_started.get(node, -1.0) >= asked:
-                    continue  # a read that began after this call has just finished
-                started = time.monotonic()
-                resp = self._api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
-                                                             _preload_content=False,
-                                                             _request_timeout=REFRESH_TIMEOUT_S)
-                items = json.loads(resp.data).get("items") or []
-                self.target.replace_node_pods(node, _parse_all(wire.Pod, items))
-                self._read_started[node] = started
-                metrics.node_refreshes.inc()
-        return True
+            lock = self._node_lock(node)
+            if not lock.acquire(timeout=REFRESH_TIMEOUT_S):
+                fresh = False  # another read of it hangs on the API server: do not queue behind it
+                continue
+            try:
+                if self._read_started.get(node, -1.0) < asked:  # else one that began after this call just ended
+                    self._read(node)
+            finally:
+                lock.release()
+        return fresh
+
+    def _read(self, node: str) -> None:
+        started = time.monotonic()
+        resp = self._api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", _preload_content=False,
+                                                     _request_timeout=REFRESH_TIMEOUT_S)
+        items = json.loads(resp.data).get("items") or []
+        self.target.replace_node_pods(node, _parse_all(wire.Pod, items))
+        self._read_started[node] = started
+        metrics.node_refreshes.inc()
 
     def _node_lock(self, node: str) -> threading.Lock:
         with self._node_locks_guard:

@@ -236,3 +236,25 @@ def test_unreadable_objects_are_skipped(api: FakeAPI, run_watcher: Any) -> None:
     api.watches["pods"].put(json.dumps({"type": "ADDED", "object": {"spec": {}}}).encode() + b"\n")
     api.event("pods", "ADDED", kube.make_pod("q", 1, node="b", phase="Running"), "20")
     wait(lambda: c.snapshot().nodes["b"].gpus_free == 1, "the next good event")
+
+
+def test_a_refresh_does_not_queue_behind_a_stuck_read(api: FakeAPI, run_watcher: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watching, "REFRESH_TIMEOUT_S", 0.2)
+    w, c = run_watcher(lambda s: api)
+    wait(lambda: c.snapshot().synced, "first lists")
+    gate, reading = threading.Event(), threading.Event()
+    plain = api.list_pod_for_all_namespaces
+
+    def stuck_read(**kw: Any) -> Any:
+        reading.set()
+        gate.wait(5)
+        return plain(**kw)
+
+    api.list_pod_for_all_namespaces = stuck_read  # type: ignore[method-assign]
+    first = threading.Thread(target=w.refresh_nodes, args=(["a"],))
+    first.start()
+    assert reading.wait(5)
+    assert w.refresh_nodes(["a"]) is False  # gave up on the node after the timeout instead of waiting
+    gate.set()
+    first.join(5)
