@@ -202,9 +202,8 @@ def test_every_refresh_reads_after_it_was_asked(api: FakeAPI, run_watcher: Any) 
     assert c.snapshot().nodes["a"].gpus_free == 4
 
 
-def test_concurrent_refreshes_of_a_node_share_a_read(api: FakeAPI, run_watcher: Any) -> None:
-    w, c = run_watcher(lambda s: api)
-    wait(lambda: c.snapshot().synced, "first lists")
+def held_read(api: FakeAPI, w: watching.Watcher) -> tuple[threading.Event, threading.Thread]:
+    """A refresh of node a whose read of the API server hangs until the returned gate is set."""
     gate, reading = threading.Event(), threading.Event()
     plain = api.list_pod_for_all_namespaces
 
@@ -214,10 +213,17 @@ def test_concurrent_refreshes_of_a_node_share_a_read(api: FakeAPI, run_watcher: 
         return plain(**kw)
 
     api.list_pod_for_all_namespaces = slow_read  # type: ignore[method-assign]
-    before = metrics.node_refreshes._value.get()
     first = threading.Thread(target=w.refresh_nodes, args=(["a"],))
     first.start()
     assert reading.wait(5)
+    return gate, first
+
+
+def test_concurrent_refreshes_of_a_node_share_a_read(api: FakeAPI, run_watcher: Any) -> None:
+    w, c = run_watcher(lambda s: api)
+    wait(lambda: c.snapshot().synced, "first lists")
+    before = metrics.node_refreshes._value.get()
+    gate, first = held_read(api, w)
     # Asked while the first read is under way: it began before this call, so one more is due.
     second = threading.Thread(target=w.refresh_nodes, args=(["a"],))
     third = threading.Thread(target=w.refresh_nodes, args=(["a"],))
@@ -243,18 +249,7 @@ def test_a_refresh_does_not_queue_behind_a_stuck_read(api: FakeAPI, run_watcher:
     monkeypatch.setattr(watching, "REFRESH_TIMEOUT_S", 0.2)
     w, c = run_watcher(lambda s: api)
     wait(lambda: c.snapshot().synced, "first lists")
-    gate, reading = threading.Event(), threading.Event()
-    plain = api.list_pod_for_all_namespaces
-
-    def stuck_read(**kw: Any) -> Any:
-        reading.set()
-        gate.wait(5)
-        return plain(**kw)
-
-    api.list_pod_for_all_namespaces = stuck_read  # type: ignore[method-assign]
-    first = threading.Thread(target=w.refresh_nodes, args=(["a"],))
-    first.start()
-    assert reading.wait(5)
+    gate, first = held_read(api, w)
     assert w.refresh_nodes(["a"]) is False  # gave up on the node after the timeout instead of waiting
     gate.set()
     first.join(5)
