@@ -11,6 +11,9 @@ fi
 # The real control plane's binaries (etcd, kube-apiserver, ..., kwok, kubectl, helm), built
 # from the pinned Go modules once per machine into ~/.cache/eat (hack/cluster/README.md).
 "$root/hack/cluster/build.sh" >&2
+# The S3-compatible store the inference tests upload images to (Versity S3 Gateway).
+EAT_VERSITYGW=$("$root/hack/s3/build.sh")
+export EAT_VERSITYGW
 # One control plane per checkout: two test sessions on one machine (a CI clone and a working
 # tree) must not share one, or each one's operator acts on the other's jobs.
 export EAT_CLUSTER_DIR=${EAT_CLUSTER_DIR:-${EAT_CACHE:-$HOME/.cache/eat}/cluster-$(printf %s "$root" | sha256sum | cut -c1-12)}

@@ -61,6 +61,9 @@ def run(
     output: Annotated[
         pathlib.Path | None, typer.Option(help="Directory for image.png and report.json (rank 0).")
     ] = None,
+    output_uri: Annotated[
+        str | None, typer.Option(help="s3://bucket/key: also upload the image there (rank 0).")
+    ] = None,
     save_array: Annotated[bool | None, typer.Option(help="Also write image.npy (float32).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
@@ -71,10 +74,10 @@ def run(
     """Make one image as one rank of a gang (WORLD_SIZE ranks, one per pod)."""
     import pydantic
 
-    from eat_inference import rendezvous, running
+    from eat_inference import rendezvous, running, upload
 
     overrides: dict[str, Any] = {
-        k: v for k, v in locals().items() if v is not None and k not in ("pydantic", "rendezvous", "running")
+        k: v for k, v in locals().items() if v is not None and k not in ("pydantic", "rendezvous", "running", "upload")
     }
     try:
         env = rendezvous.DistEnv.from_env()
@@ -93,6 +96,8 @@ def run(
         raise _fail(running.EXIT_PEER, f"rank {env.rank}: {e}") from None
     except cache.CacheError as e:
         raise _fail(running.EXIT_MODEL, f"rank {env.rank}: {e}") from None
+    except upload.OutputError as e:
+        raise _fail(running.EXIT_OUTPUT, f"rank {env.rank}: {e}") from None
     except ValueError as e:
         raise _fail(running.EXIT_INPUT, f"rank {env.rank}: {e}") from None
     except RuntimeError as e:

@@ -7,7 +7,8 @@ atomically (temporary name, then rename), so a reader never sees half a file.
 Exit codes (the operator tells them apart in the pod status):
 0 done; 2 bad input; 3 rendezvous failed (a rank missing, rank 0 unreachable);
 4 the model could not be had (store unreachable, not found, checksum mismatch, cache full);
-5 another rank failed; 1 anything else (a bug).
+5 another rank failed; 6 the image could not be uploaded to the job's output URI;
+1 anything else (a bug).
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from eat_inference import cache, rendezvous, settings
+from eat_inference import cache, rendezvous, settings, upload
 
 if TYPE_CHECKING:
     from eat_inference import pipeline
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_RENDEZVOUS, EXIT_MODEL, EXIT_PEER = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_RENDEZVOUS, EXIT_MODEL, EXIT_PEER, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5, 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +134,8 @@ def run(cfg: settings.InferSettings, env: rendezvous.DistEnv | None = None) -> d
             assert result.image is not None
             _write_outputs(cfg.output, result.image, report, cfg.save_array)
             logger.info("wrote %s", cfg.output / "image.png")
+            if cfg.output_uri:
+                upload.put_image(cfg, cfg.output / "image.png")
         return report
     finally:
         rendezvous.leave()

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eat_policy import api
+
 DEFAULT_CACHE_DIR = pathlib.Path("/var/cache/eat/models")
 GiB = 1 << 30
 
@@ -63,6 +65,15 @@ class InferSettings(CacheSettings):
     comm_buckets: int = Field(default=4, ge=1)
     output: pathlib.Path = pathlib.Path("out")
     """Directory where rank 0 writes ``image.png`` and ``report.json``."""
+    output_uri: str | None = Field(default=None, pattern=api.OUTPUT_LOCATION_PATTERN, max_length=1024)
+    """The job's ``outputLocation``, ``s3://<bucket>/<key>``: rank 0 also uploads the image
+    there (:mod:`eat_inference.upload`). None: the output directory only."""
+    s3_endpoint: str = Field(default="https://s3.amazonaws.com", pattern=r"^https?://[^/]+/?$")
+    """The S3-compatible store of ``output_uri``: http(s)://host[:port] (MinIO, Ceph RGW, ...)."""
+    s3_region: str | None = None
+    """The bucket's region; None: asked of the store."""
+    s3_timeout_s: float = Field(default=30.0, gt=0)
+    """Seconds to wait for the store to connect and to answer each read."""
     save_array: bool = False
     """Also write ``image.npy`` (float32 H×W×3 in [0, 1]) for exact comparisons."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -43,7 +43,8 @@ def output_dir(job: snapshot.JobView, s: settings_mod.Settings) -> str:
 
 
 def output_location(job: snapshot.JobView, spec: spec_mod.JobSpec, s: settings_mod.Settings) -> str:
-    """What status reports: the job's own outputLocation, else the image on the output volume."""
+    """What status reports: the job's own outputLocation (rank 0 uploads the image there, and
+    exits non-zero if it cannot), else the image on the output volume."""
     return spec.output_location or f"{s.output_root.rstrip('/')}/{job.namespace}/{job.name}/image.png"
 
 
@@ -118,6 +119,8 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
         env.append({"name": "EAT_INFER_GUIDANCE_SCALE", "value": str(spec.guidance_scale)})
     if spec.seed is not None:
         env.append({"name": "EAT_INFER_SEED", "value": str(spec.seed)})
+    if spec.output_location:
+        env.append({"name": "EAT_INFER_OUTPUT_URI", "value": spec.output_location})
     env += _copy(s.extra_env)
     resources = _copy(s.resources)
     resources.setdefault("limits", {})[api.GPU_RESOURCE] = "1"

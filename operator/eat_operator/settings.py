@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 JOB_ENV = frozenset({
     "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "EAT_INFER_JOB", "EAT_INFER_MODEL", "EAT_INFER_PROMPT",
     "EAT_INFER_NEGATIVE_PROMPT", "EAT_INFER_WIDTH", "EAT_INFER_HEIGHT", "EAT_INFER_STEPS", "EAT_INFER_GUIDANCE_SCALE",
-    "EAT_INFER_SEED", "EAT_INFER_OUTPUT", "EAT_INFER_CACHE_DIR",
+    "EAT_INFER_SEED", "EAT_INFER_OUTPUT", "EAT_INFER_OUTPUT_URI", "EAT_INFER_CACHE_DIR",
 })
 """Environment the pod group builder sets from the job, its plan and the rank."""
 

@@ -40,7 +40,8 @@ class JobSpec(BaseModel):
     seed: int | None = Field(default=None, ge=0)
     deadline_seconds: float | None = Field(default=None, alias="deadlineSeconds", gt=0)
     priority: int = 0
-    output_location: str | None = Field(default=None, alias="outputLocation")
+    output_location: str | None = Field(default=None, alias="outputLocation", max_length=1024,
+                                        pattern=api.OUTPUT_LOCATION_PATTERN)
     patches: int | None = None
     max_patches: int | None = Field(default=None, alias="maxPatches", ge=1, le=8)
 

@@ -44,6 +44,9 @@ ANNOTATION_SIM_DURATION = f"{GROUP}/sim-duration-seconds"
 ANNOTATION_SIM_FAIL = f"{GROUP}/sim-fail"
 SCHEDULING_GATE = f"{GROUP}/gang"
 """Pod scheduling gate lifted once the whole group exists."""
+OUTPUT_LOCATION_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$"
+"""An AIGCJob's ``outputLocation``: ``s3://<bucket>/<key>`` (S3 bucket naming), where rank 0
+uploads the image. The CRD's schema holds the same pattern."""
 
 # --- node-agent metrics (Prometheus), read by the policy service ---------------------------
 

@@ -148,6 +148,8 @@ BAD = [
     pytest.param({"prompt": "x", "stepsMin": 30, "stepsMax": 10}, "stepsMin must be less than or equal to stepsMax",
                  id="inverted-range"),
     pytest.param({"prompt": "x", "steps": 20, "stepsMax": 30}, "set either steps", id="steps-and-range"),
+    pytest.param({"prompt": "x", "outputLocation": "file:///tmp/x.png"}, "spec.outputLocation in body should match",
+                 id="output-not-s3"),
 ]
 
 

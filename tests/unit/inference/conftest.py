@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -105,3 +107,50 @@ def tiny_store(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactor
     store = tmp_path_factory.mktemp("store")
     cache.pack(tiny_model, store, "tiny-sd")
     return store
+
+
+@dataclasses.dataclass
+class S3Store:
+    """A real S3-compatible store on loopback: Versity S3 Gateway over a directory."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def client(self, secret_key: str | None = None) -> Any:
+        from minio import Minio
+
+        return Minio(self.endpoint.removeprefix("http://"), access_key=self.access_key,
+                     secret_key=secret_key or self.secret_key, secure=False)
+
+    def env(self, secret_key: str | None = None) -> dict[str, str]:
+        """What an inference pod is given to upload there."""
+        return {"EAT_INFER_S3_ENDPOINT": self.endpoint, "EAT_INFER_S3_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": secret_key or self.secret_key}
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Store]:
+    binary = os.environ.get("EAT_VERSITYGW") or str(pathlib.Path.home() / ".cache/eat/versitygw-v1.8.0/versitygw")
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"no S3 gateway at {binary}: run hack/s3/build.sh (hack/test.sh does) or set EAT_VERSITYGW")
+    root, meta = tmp_path_factory.mktemp("s3"), tmp_path_factory.mktemp("s3-meta")  # meta: no xattrs needed
+    port = free_port()
+    store = S3Store(f"http://127.0.0.1:{port}", "eat-test", "eat-test-secret")
+    log = open(root.parent / "versitygw.log", "wb")
+    proc = subprocess.Popen([binary, "--access", store.access_key, "--secret", store.secret_key,
+                             "--port", f"127.0.0.1:{port}", "posix", "--sidecar", str(meta), str(root)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"versitygw did not start (exit {proc.poll()}); see {log.name}")
+        time.sleep(0.1)
+    yield store
+    proc.terminate()
+    proc.wait(10)
+    log.close()

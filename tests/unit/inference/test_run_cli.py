@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 
 from PIL import Image
 
-from .conftest import eat_infer, launch
+from .conftest import Finished, S3Store, eat_infer, launch
 
 
 def run_gang(
@@ -79,3 +79,44 @@ def test_a_rank_that_cannot_get_the_model_fails_the_gang(tmp_path: pathlib.Path,
     assert all("sha256 mismatch" in f.stderr for f in done), [f.stderr[-2000:] for f in done]
     assert not (tmp_path / "out" / "image.png").exists()
     assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def run_one(tmp_path: pathlib.Path, store: pathlib.Path, *extra: str, **env: str) -> Finished:
+    (done,) = launch(eat_infer("run", "--model", "tiny-sd", "--store", str(store), "--cache-dir",
+                               str(tmp_path / "cache"), "--output", str(tmp_path / "out"), "--steps", "2", *extra),
+                     1, **env)
+    return done
+
+
+def test_the_image_is_uploaded_to_the_jobs_s3_location(tmp_path: pathlib.Path, tiny_store: pathlib.Path,
+                                                       s3_store: S3Store) -> None:
+    s3 = s3_store.client()
+    s3.make_bucket(bucket_name="eat-images")
+    done = run_one(tmp_path, tiny_store, "--output-uri", "s3://eat-images/ns/castle.png", **s3_store.env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    obj = s3.get_object(bucket_name="eat-images", object_name="ns/castle.png")
+    try:
+        assert obj.read() == (tmp_path / "out" / "image.png").read_bytes()  # the same image, byte for byte
+        assert obj.headers["Content-Type"] == "image/png"
+    finally:
+        obj.close()
+        obj.release_conn()
+
+
+@pytest.mark.parametrize("where,secret,reason", [
+    pytest.param("s3://no-such-bucket/x.png", None, "NoSuchBucket", id="missing-bucket"),
+    pytest.param("s3://eat-failures/x.png", "wrong-secret", "SignatureDoesNotMatch", id="bad-credentials"),
+])
+def test_an_image_that_cannot_be_uploaded_fails_the_job(tmp_path: pathlib.Path, tiny_store: pathlib.Path,
+                                                        s3_store: S3Store, where: str, secret: str | None,
+                                                        reason: str) -> None:
+    if secret:
+        s3_store.client().make_bucket(bucket_name="eat-failures")
+    done = run_one(tmp_path, tiny_store, "--output-uri", where, **s3_store.env(secret))
+    assert done.returncode == 6, done.stderr[-3000:]  # EXIT_OUTPUT: status must not name an empty location
+    assert reason in done.stderr and where in done.stderr, done.stderr[-3000:]
+
+
+def test_an_output_uri_that_is_not_s3_is_bad_input(tmp_path: pathlib.Path, tiny_store: pathlib.Path) -> None:
+    done = run_one(tmp_path, tiny_store, "--output-uri", "file:///tmp/x.png")
+    assert done.returncode == 2 and "output_uri" in done.stderr, done.stderr[-3000:]

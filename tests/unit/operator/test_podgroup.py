@@ -75,13 +75,16 @@ def test_pod_template_settings(settings) -> None:  # type: ignore[no-untyped-def
     s = settings.model_copy(update={"image": "registry.local/eat:1", "model_cache_host_path": None,
                                     "output_host_path": "/data/out", "args": ["--serve"],
                                     "extra_volumes": [{"name": "x", "emptyDir": {}}]})
-    _, pods = build(s, outputLocation="s3://b/k.png", seed=7)
+    _, pods = build(s, outputLocation="s3://eat-images/k.png", seed=7)
     c = pods[0]["spec"]["containers"][0]
     assert c["image"] == "registry.local/eat:1" and c["args"] == ["--serve"]
     vols = {v["name"]: v for v in pods[0]["spec"]["volumes"]}
     assert "emptyDir" in vols["model-cache"] and vols["output"]["hostPath"]["path"] == "/data/out" and "x" in vols
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["EAT_INFER_OUTPUT"] == "/output/ns/castle" and env["EAT_INFER_SEED"] == "7"
+    assert env["EAT_INFER_OUTPUT_URI"] == "s3://eat-images/k.png"  # rank 0 uploads the image there
+    _, plain = build(settings)
+    assert "EAT_INFER_OUTPUT_URI" not in {e["name"] for e in plain[0]["spec"]["containers"][0]["env"]}
 
 
 def test_output_directory_and_the_location_status_reports(settings) -> None:  # type: ignore[no-untyped-def]
@@ -89,8 +92,8 @@ def test_output_directory_and_the_location_status_reports(settings) -> None:  # 
     sp = spec_mod.parse(j.body, MODELS)
     assert podgroup.output_dir(j, settings) == "/output/ns/castle"
     assert podgroup.output_location(j, sp, settings) == "file:///output/ns/castle/image.png"
-    j, _ = build(settings, outputLocation="s3://b/k.png")
-    assert podgroup.output_location(j, spec_mod.parse(j.body, MODELS), settings) == "s3://b/k.png"
+    j, _ = build(settings, outputLocation="s3://eat-images/k.png")
+    assert podgroup.output_location(j, spec_mod.parse(j.body, MODELS), settings) == "s3://eat-images/k.png"
 
 
 def test_extra_env_and_security_contexts(settings) -> None:  # type: ignore[no-untyped-def]
@@ -112,7 +115,7 @@ def test_extra_env_and_security_contexts(settings) -> None:  # type: ignore[no-u
 
 
 def test_every_variable_the_builder_sets_is_protected_from_extra_env(settings) -> None:  # type: ignore[no-untyped-def]
-    _, pods = build(settings, negativePrompt="blur", guidanceScale=5.0, seed=1)
+    _, pods = build(settings, negativePrompt="blur", guidanceScale=5.0, seed=1, outputLocation="s3://bkt/k.png")
     from eat_operator import settings as settings_mod
 
     assert {e["name"] for e in pods[0]["spec"]["containers"][0]["env"]} == settings_mod.JOB_ENV

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from tests.unit.operator.builders import T0, job
+
+from eat_policy import api
 
 from eat_operator import spec as spec_mod
 from eat_operator.store import Store
 
 MODELS = spec_mod.known_models(())
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_known_models_come_from_the_policy_catalog() -> None:
@@ -41,6 +47,17 @@ def test_bad_specs_the_schema_would_also_refuse() -> None:
         spec_mod.parse(job(steps=3, stepsMin=2), MODELS)
     with pytest.raises(spec_mod.InvalidSpec, match="patches"):
         spec_mod.parse(job(patches=3), MODELS)
+    for where in ("file:///tmp/x.png", "s3://no-key", "s3://Upper/k.png", "/output/x.png"):
+        with pytest.raises(spec_mod.InvalidSpec, match="outputLocation"):
+            spec_mod.parse(job(outputLocation=where), MODELS)
+    assert spec_mod.parse(job(outputLocation="s3://eat-images/a/b.png"), MODELS).output_location == \
+        "s3://eat-images/a/b.png"
+
+
+def test_the_crd_and_the_operator_accept_the_same_output_locations() -> None:
+    crd = yaml.safe_load((REPO / "charts/eat/crds/aigcjobs.eat.aigc.io.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["outputLocation"]["pattern"] == api.OUTPUT_LOCATION_PATTERN
 
 
 def obj(name: str, rv: str, uid: str = "u") -> dict:
