@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import ssl
-import time
 import urllib.parse
 from typing import Any
 
@@ -85,10 +83,9 @@ def path(group: str, version: str, plural: str, namespace: str | None = None, na
 class Client:
     """Async JSON client. ``request`` raises ApiError for any non-2xx answer and
     TransportError when there is no answer. At most ``concurrency`` requests are in flight
-    (one kept-alive connection each); more wait for a free connection."""
-
-    REFRESH_S = 30.0
-    """How often the token is looked at again (the hook itself re-reads the file once a minute)."""
+    (one kept-alive connection each); more wait for a free connection. Every request asks
+    ``credentials`` for the token: the in-cluster hook already limits its file reads to one a
+    minute, so a second throttle here would only delay a rotation."""
 
     def __init__(self, cfg: k8s_client.Configuration, concurrency: int = 32, timeout_s: float = 30.0) -> None:
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
@@ -100,8 +97,6 @@ class Client:
         self._ssl = ctx
         self._headers = {"Accept": "application/json", "User-Agent": "eat-operator"}
         self._cfg = cfg
-        self._authorization: str | None = None
-        self._checked = -math.inf
         self._base = str(cfg.host).rstrip("/")
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -125,13 +120,9 @@ class Client:
             await self._session.close()
 
     def authorization(self) -> str | None:
-        """The Authorization header, as of at most ``REFRESH_S`` ago."""
-        now = time.monotonic()
-        if now - self._checked >= self.REFRESH_S:
-            self._checked = now
-            scheme, token = credentials(self._cfg)
-            self._authorization = f"{scheme} {token}" if token else None
-        return self._authorization
+        """The Authorization header with the current token (None without one)."""
+        scheme, token = credentials(self._cfg)
+        return f"{scheme} {token}" if token else None
 
     async def request(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
                       params: dict[str, str] | None = None) -> Obj:

@@ -73,7 +73,6 @@ def test_requests_carry_the_current_token(tmp_path: Path, api_server: tuple[str,
     cfg, loader, token_file = in_cluster(tmp_path, "first")
     cfg.host, cfg.ssl_ca_cert = url, None  # plain HTTP to the recording server
     client = kube.Client(cfg)
-    client.REFRESH_S = 0.0
 
     async def two_requests() -> None:
         await client.request("GET", "/api")
