@@ -130,6 +130,9 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
         "imagePullPolicy": s.image_pull_policy,
         "env": env,
         "resources": resources,
+        # eat-infer says why it failed on stderr (exit codes 2-6): the kubelet then puts the
+        # log's tail in the termination message, which the job's status reports.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": [{"name": "rendezvous", "containerPort": port}] if rank == 0 else [],
         "volumeMounts": [
             {"name": "model-cache", "mountPath": s.model_cache_mount},

@@ -33,6 +33,7 @@ def test_k_pods_named_by_rank_with_gang_annotations(settings) -> None:  # type: 
         assert spec["schedulerName"] == "eat-scheduler" and spec["restartPolicy"] == "Never"
         assert spec["schedulingGates"] == [{"name": "eat.aigc.io/gang"}]
         assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert spec["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
         pref = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
         assert pref["preference"]["matchFields"][0]["values"] == [["a", "a", "b"][rank]]
         assert spec["nodeSelector"] == {"eat.aigc.io/fake-node": "true"}
