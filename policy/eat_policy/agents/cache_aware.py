@@ -187,11 +187,14 @@ class _Tables:
         now = _layout(snap)
         if all(a is b for a, b in zip(now, self.layout)):
             return True
-        return all(
+        same = all(
             a.shape == b.shape and bool(np.all(a == b)) if isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
             else a == b
             for a, b in zip(now, self.layout)
         )
+        if same:  # a copy of the same cluster (the rollout teacher's): its later snapshots hit the identity test
+            self.layout = now
+        return same
 
     def add_kind(self, snap: Snapshot, j: int, default_steps: int) -> None:
         m, px, steps = int(snap.job_model[j]), float(snap.job_pixels[j]), reference_steps(snap, j, default_steps)

@@ -134,3 +134,20 @@ def test_without_numba_the_planner_is_the_definition(monkeypatch: pytest.MonkeyP
     # The operator's image has no numba; its fallback planning must still decide.
     monkeypatch.setattr(cache_aware_kernel, "numba", None)
     assert check_episode(scenarios.edge(n_nodes=4, load=0.9, n_jobs=40), "edf-cache", seed=2) > 20
+
+
+def test_a_copy_of_the_cluster_reuses_the_tables_and_then_takes_the_identity_check() -> None:
+    import copy
+
+    sim = engine.Simulator(scenarios.edge(n_nodes=4, n_jobs=20))
+    sim.reset(3)
+    planner = cache_aware.Planner()
+    window = list(range(sim.snapshot().n_jobs))
+    planner.decide(sim.snapshot(), window)
+    tables = planner.tables
+    twin = copy.deepcopy(sim)  # what the rollout teacher plays out on: equal arrays, other objects
+    assert twin.snapshot().slots is not sim.snapshot().slots
+    assert planner.decide(twin.snapshot(), window) == planner.decide(sim.snapshot(), window)
+    planner.decide(twin.snapshot(), window)
+    assert planner.tables is tables  # equal layout: not rebuilt
+    assert all(a is b for a, b in zip(cache_aware._layout(twin.snapshot()), tables.layout))

@@ -1,0 +1,43 @@
+"""Rollout teacher throughput: labelled decisions per second (the edge warm start's main cost).
+
+``rollout:edf-cache-queue`` plays the heuristic's proposal and a few alternatives to the end
+of a copy of the episode at every decision (``agents/rollout.py``), so one label costs
+hundreds of heuristic decisions on simulator copies. Edge scenario, 8 nodes (the training
+cluster), ρ 0.8, 100 jobs per episode, one core. Prints the median over seeds of labels/s,
+and the heuristic's own decisions/s on the same traces (the ratio is the teacher's overhead).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from eat_policy.agents import base, rollout
+from eat_policy.sim import engine, scenarios
+
+SEEDS = (1, 2, 3)
+
+
+def per_second(policy: base.Policy, seed: int) -> float:
+    sim = engine.Simulator(scenarios.edge(n_nodes=8, load=0.8, n_jobs=100))
+    sim.reset(seed)
+    policy.reset(seed)
+    if isinstance(policy, rollout.RolloutTeacher):
+        policy.attach(sim)
+    n, t0 = 0, time.perf_counter()
+    while not sim.done:
+        sim.step(policy.decide(sim.snapshot()))
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    per_second(base.make("edf-cache-queue"), seed=0)  # numba compile or cache load
+    heuristic = statistics.median(per_second(base.make("edf-cache-queue"), s) for s in SEEDS)
+    teacher = statistics.median(per_second(rollout.RolloutTeacher("edf-cache-queue"), s) for s in SEEDS)
+    print(f"edf-cache-queue          {heuristic:10.1f} decisions/s (median of {len(SEEDS)} episodes)")
+    print(f"rollout:edf-cache-queue  {teacher:10.1f} labels/s     ({heuristic / teacher:.0f}x slower)")
+
+
+if __name__ == "__main__":
+    main()
