@@ -10,7 +10,8 @@ and the heuristic's own decisions/s on the same traces (the ratio is the teacher
 from __future__ import annotations
 
 import statistics
-import time
+
+from sim_throughput import episode_rate
 
 from eat_policy.agents import base, rollout
 from eat_policy.sim import engine, scenarios
@@ -19,16 +20,7 @@ SEEDS = (1, 2, 3)
 
 
 def per_second(policy: base.Policy, seed: int) -> float:
-    sim = engine.Simulator(scenarios.edge(n_nodes=8, load=0.8, n_jobs=100))
-    sim.reset(seed)
-    policy.reset(seed)
-    if isinstance(policy, rollout.RolloutTeacher):
-        policy.attach(sim)
-    n, t0 = 0, time.perf_counter()
-    while not sim.done:
-        sim.step(policy.decide(sim.snapshot()))
-        n += 1
-    return n / (time.perf_counter() - t0)
+    return episode_rate(engine.Simulator(scenarios.edge(n_nodes=8, load=0.8, n_jobs=100)), policy, seed)
 
 
 def main() -> None:
