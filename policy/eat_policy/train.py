@@ -653,6 +653,8 @@ def main(
     bc_updates: int = 0,
     bc_dagger: Annotated[int, typer.Option(help="DAgger rounds after the first clone (the clone acts, the teacher labels).")] = 0,
     bc_weight: Annotated[float, typer.Option(help="Keep this weight x the clone loss in SAC's actor loss.")] = 0.0,
+    target_entropy_frac: Annotated[float, typer.Option(
+        help="SAC's target entropy as this fraction of the uniform entropy over the open options.")] = 0.2,
     quality_weight: Annotated[Optional[float], typer.Option(help="Reward per unit quality Q (paper default 8: 80 job-seconds).")] = None,
     step_bins: Annotated[int, typer.Option(help="Steps bins over each job's range (the checkpoint records it).")] = nets.STEP_BINS,
     threads: int = 1,
@@ -667,6 +669,8 @@ def main(
         raise typer.BadParameter(f"variant must be one of {', '.join(nets.VARIANTS)}, got {variant!r}")
     if step_bins < 2:
         raise typer.BadParameter(f"step-bins must be at least 2, got {step_bins}")
+    if not 0 < target_entropy_frac <= 1:
+        raise typer.BadParameter(f"target-entropy-frac must be in (0, 1], got {target_entropy_frac}")
     if mode not in ("choose-k", "fixed-k", "mixed"):
         raise typer.BadParameter(f"mode must be choose-k, fixed-k or mixed, got {mode!r}")
     span = None
@@ -689,7 +693,8 @@ def main(
                 max_minutes=max_minutes, nodes=nodes, mode=mode, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
-                export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes)
+                export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
+                target_entropy_frac=target_entropy_frac)
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")
 

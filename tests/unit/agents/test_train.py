@@ -1,6 +1,7 @@
 """The real trainer for a few hundred steps, as cleanrl's tests run each script (and resume)."""
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -18,11 +19,13 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
     cmd = [sys.executable, "-m", "eat_policy.train", "--scenario", "paper", "--variant", "eat",
            "--total-timesteps", "240", "--learning-starts", "120", "--eval-every", "240", "--eval-seeds", "1",
            "--bc-policy", "cache-lct", "--bc-episodes", "2", "--bc-updates", "5", "--bc-weight", "0.5",
+           "--target-entropy-frac", "0.1",
            "--out", str(tmp_path), "--export", str(tmp_path / "exported.pt")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=280)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.pt"):
         assert (run_dir / name).exists(), name
+    assert json.loads((run_dir / "card.json").read_text())["args"]["target_entropy_frac"] == "0.1"
     rows = list(csv.DictReader((run_dir / "log.csv").open()))
     assert any(r["kind"] == "episode" for r in rows) and any(r["kind"] == "eval" for r in rows)
     exported = eat_agent.load_actor(tmp_path / "exported.pt")
@@ -112,6 +115,13 @@ def test_a_clone_keeps_the_teachers_steps_to_the_nearest_bin() -> None:
 def test_cli_refuses_an_unknown_mode() -> None:
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--mode", "sometimes"], capture_output=True, text=True)
     assert r.returncode != 0 and "mode must be choose-k, fixed-k or mixed" in r.stderr
+
+
+@pytest.mark.parametrize("frac", ["0", "1.5"])
+def test_cli_refuses_a_target_entropy_outside_0_1(frac: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--target-entropy-frac", frac],
+                       capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
+    assert r.returncode != 0 and "target-entropy-frac must be in (0, 1]" in r.stderr, r.stderr
 
 
 def test_cli_refuses_an_unknown_hint_or_teacher() -> None:
