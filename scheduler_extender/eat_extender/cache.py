@@ -13,10 +13,11 @@ expire. Thread-safe: one lock, held only for dict updates and copies.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import MappingProxyType
 
 from eat_extender import state, wire
@@ -37,6 +38,9 @@ class ClusterCache:
         self._admissions: dict[str, float] = {}
         self._synced: set[str] = set()
         self._snapshot: state.ClusterState | None = None
+        self._reads: dict[int, set[str] | None] = {}
+        """Per node re-read in flight: the pods watch events touched since it began (None: a re-list)."""
+        self._last_read = 0
 
     # ------------------------------------------------------------------ reads
 
@@ -115,36 +119,69 @@ class ClusterCache:
                            for name, ns in self._nodes.items()}
             self._synced.add(PODS)
             self._snapshot = None
+            self._reads = dict.fromkeys(self._reads)
 
     def upsert_pod(self, pod: wire.Pod) -> None:
         view = state.pod_view(pod)
         with self._lock:
+            self._note_event(view.key)
             touched = self._remove(view.key)
             if _tracked(view):
                 touched |= self._add(view)
             self._refresh(touched)
 
-    def replace_node_pods(self, node: str, pods: Iterable[wire.Pod]) -> None:
-        """The pods bound to ``node``, freshly listed: the cache's pods there are replaced by them.
+    @contextlib.contextmanager
+    def node_read(self, node: str) -> Iterator[Callable[[Iterable[wire.Pod]], None]]:
+        """A re-read of ``node``'s pods: enter before sending its LIST, then call what this yields
+        with the listed pods; the cache's pods there are replaced by them.
+
+        Pods a watch event touched since the read began are left as the watch has them: the LIST
+        may have been answered before that event, and then a pod bound meanwhile would vanish,
+        or a pod deleted meanwhile would come back with no event left to remove it. Nothing is
+        replaced if all pods were re-listed meanwhile.
 
         For the rare re-read before a capacity rejection (``watching.Watcher.refresh_nodes``); a
         scan of all tracked pods is fine there.
         """
+        with self._lock:
+            self._last_read += 1
+            ticket = self._last_read
+            self._reads[ticket] = set()
+        try:
+            yield lambda pods: self._replace_node_pods(node, pods, ticket)
+        finally:
+            with self._lock:
+                del self._reads[ticket]
+
+    def _replace_node_pods(self, node: str, pods: Iterable[wire.Pod], ticket: int) -> None:
         views = [v for v in (state.pod_view(p) for p in pods) if v.node_name == node and _tracked(v)]
         with self._lock:
+            if ticket not in self._reads:
+                raise RuntimeError(f"the re-read of {node} has ended: its pods can no longer be applied")
+            newer = self._reads[ticket]
+            if newer is None:
+                return
             touched: set[tuple[str, str]] = set()
-            for key in [k for k, v in self._pods.items() if v.node_name == node]:
+            for key in [k for k, v in self._pods.items() if v.node_name == node and k not in newer]:
                 touched |= self._remove(key)
             for v in views:
-                touched |= self._remove(v.key)
-                touched |= self._add(v)
+                if v.key not in newer:
+                    touched |= self._remove(v.key)
+                    touched |= self._add(v)
             self._refresh(touched)
 
     def delete_pod(self, namespace: str, name: str) -> None:
+        key = f"{namespace}/{name}"
         with self._lock:
-            self._refresh(self._remove(f"{namespace}/{name}"))
+            self._note_event(key)
+            self._refresh(self._remove(key))
 
     # ------------------------------------------------------------------ internals (lock held)
+
+    def _note_event(self, key: str) -> None:
+        for newer in self._reads.values():
+            if newer is not None:
+                newer.add(key)
 
     def _add(self, v: state.PodView) -> set[tuple[str, str]]:
         self._pods[v.key] = v

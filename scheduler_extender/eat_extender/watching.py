@@ -117,10 +117,10 @@ class Watcher:
 
     def _read(self, node: str) -> None:
         started = time.monotonic()
-        resp = self._api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", _preload_content=False,
-                                                     _request_timeout=REFRESH_TIMEOUT_S)
-        items = json.loads(resp.data).get("items") or []
-        self.target.replace_node_pods(node, _parse_all(wire.Pod, items))
+        with self.target.node_read(node) as replace:
+            resp = self._api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
+                                                         _preload_content=False, _request_timeout=REFRESH_TIMEOUT_S)
+            replace(_parse_all(wire.Pod, json.loads(resp.data).get("items") or []))
         self._read_started[node] = started
         metrics.node_refreshes.inc()
 

@@ -143,8 +143,8 @@ class FakeRefresher:
     def refresh_nodes(self, nodes: Any) -> bool:
         self.asked.append(tuple(nodes))
         for n in nodes:
-            self.cache.replace_node_pods(n, [wire.Pod.model_validate(p) for p in self.live
-                                             if p["spec"].get("nodeName") == n])
+            with self.cache.node_read(n) as replace:
+                replace([wire.Pod.model_validate(p) for p in self.live if p["spec"].get("nodeName") == n])
         return True
 
 

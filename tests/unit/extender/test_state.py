@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -169,10 +170,51 @@ def test_replacing_a_nodes_pods_keeps_other_nodes_and_groups() -> None:
     members[0]["spec"]["nodeName"] = "a"
     c.replace_pods([wire.Pod.model_validate(p) for p in members + [
         kube.make_pod("x", 2, node="a", phase="Running"), kube.make_pod("y", 1, node="b", phase="Running")]])
-    c.replace_node_pods("a", [wire.Pod.model_validate(members[0])])  # x is gone
+    with c.node_read("a") as replace:
+        replace([wire.Pod.model_validate(members[0])])  # x is gone
     s = c.snapshot()
     assert (s.nodes["a"].gpus_free, s.nodes["b"].gpus_free) == (3, 3)
     assert s.groups["render/g"].bound_nodes == ("a",)
+
+
+def node_a_with(*pods: dict[str, Any]) -> cache.ClusterCache:
+    c = cache.ClusterCache()
+    c.replace_nodes([wire.Node.model_validate(kube.make_node("a", 8))])
+    c.replace_pods([wire.Pod.model_validate(p) for p in pods])
+    return c
+
+
+def test_a_node_read_keeps_what_the_watch_saw_while_it_was_in_flight() -> None:
+    x, stale, fresh = (kube.make_pod(name, gpus, node="a", phase="Running") for name, gpus in
+                       (("x", 1), ("stale", 2), ("fresh", 4)))
+    c = node_a_with(x, stale)
+    with c.node_read("a") as replace:
+        c.delete_pod("render", "x")  # watch events after the LIST was answered
+        c.upsert_pod(wire.Pod.model_validate(kube.make_pod("y", 3, node="a", phase="Running")))
+        replace([wire.Pod.model_validate(p) for p in (x, fresh)])
+    # x stays deleted, y stays bound; stale (no event) is dropped and fresh added from the LIST.
+    assert c.snapshot().nodes["a"].gpus_requested == 3 + 4
+    with pytest.raises(RuntimeError, match="has ended"):
+        replace([])
+
+
+def test_a_node_read_overtaken_by_a_relist_changes_nothing() -> None:
+    c = node_a_with(kube.make_pod("x", 1, node="a", phase="Running"))
+    with c.node_read("a") as replace:
+        c.replace_pods([wire.Pod.model_validate(kube.make_pod("y", 2, node="a", phase="Running"))])
+        replace([])
+    assert c.snapshot().nodes["a"].gpus_requested == 2
+
+
+def test_watch_events_after_a_node_read_are_not_held_against_the_next() -> None:
+    x = kube.make_pod("x", 1, node="a", phase="Running")
+    c = node_a_with(x)
+    with c.node_read("a") as replace:
+        replace([wire.Pod.model_validate(x)])
+    c.upsert_pod(wire.Pod.model_validate(x))  # an event between the reads
+    with c.node_read("a") as replace:
+        replace([])  # x was deleted since; the watch has not said so yet
+    assert c.snapshot().nodes["a"].gpus_requested == 0
 
 
 def test_cache_is_not_synced_until_both_lists_are_in() -> None:

@@ -236,6 +236,21 @@ def test_concurrent_refreshes_of_a_node_share_a_read(api: FakeAPI, run_watcher: 
     assert metrics.node_refreshes._value.get() - before == 2  # the second and third shared one
 
 
+def test_a_deletion_seen_during_a_refresh_is_not_undone_by_it(api: FakeAPI, run_watcher: Any) -> None:
+    """The LIST answered before pod p's deletion; the watch delivers it before the LIST's answer
+    is applied. Applying the answer whole brought p back, and no event was left to remove it."""
+    w, c = run_watcher(lambda s: api)
+    wait(lambda: c.snapshot().synced, "first lists")
+    before = metrics.node_refreshes._value.get()
+    gate, first = held_read(api, w)  # its answer will still list p
+    api.event("pods", "DELETED", kube.make_pod("p", 1, node="a", phase="Running"), "12")
+    wait(lambda: c.snapshot().nodes["a"].gpus_free == 4, "the deletion from the watch")
+    gate.set()
+    first.join(5)
+    assert metrics.node_refreshes._value.get() == before + 1  # the answer was applied
+    assert c.snapshot().nodes["a"].gpus_free == 4
+
+
 def test_unreadable_objects_are_skipped(api: FakeAPI, run_watcher: Any) -> None:
     _, c = run_watcher(lambda s: api)
     wait(lambda: c.snapshot().synced, "first lists")
