@@ -88,6 +88,9 @@ class Args:
     """Adam learning rate of log α (faster than the nets: rewards change scale during training)."""
     policy_frequency: int = 2
     """Delayed actor (and α) update: once every this many critic updates."""
+    actor_starts: int = 0
+    """Critic-only updates before this global step: after a warm start, the critics first fit the
+    clone's own returns, so that the actor is not steered by values they have not learned yet."""
     target_entropy_frac: float = 0.2
     """α autotune target: this share of log(#feasible options), per state."""
     diffusion_steps: int = 5
@@ -496,7 +499,7 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
     q_optimizer.step()
     out = {"qf": qf_loss.item(), "actor": float("nan"), "entropy": float("nan")}
     # 3. delayed actor loss through the whole reverse chain, then 4. α autotune
-    if global_step % args.policy_frequency == 0:
+    if global_step % args.policy_frequency == 0 and global_step >= args.actor_starts:
         mask = nets.option_mask(obs)
         logp = nets.joint_log_probs(*actor(obs), mask, obs["may_wait"])
         p = logp.exp()
@@ -654,6 +657,8 @@ def main(
     bc_weight: Annotated[float, typer.Option(help="Keep this weight x the clone loss in SAC's actor loss.")] = 0.0,
     target_entropy_frac: Annotated[float, typer.Option(
         help="SAC's target entropy as this fraction of the uniform entropy over the open options.")] = 0.2,
+    actor_starts: Annotated[int, typer.Option(
+        help="Global step before which only the critics are updated (the actor and α wait).")] = 0,
     quality_weight: Annotated[Optional[float], typer.Option(help="Reward per unit quality Q (paper default 8: 80 job-seconds).")] = None,
     step_bins: Annotated[int, typer.Option(help="Steps bins over each job's range (the checkpoint records it).")] = nets.STEP_BINS,
     threads: int = 1,
@@ -693,7 +698,7 @@ def main(
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
-                target_entropy_frac=target_entropy_frac)
+                target_entropy_frac=target_entropy_frac, actor_starts=actor_starts)
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")
 

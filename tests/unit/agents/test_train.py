@@ -19,13 +19,14 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
     cmd = [sys.executable, "-m", "eat_policy.train", "--scenario", "paper", "--variant", "eat",
            "--total-timesteps", "240", "--learning-starts", "120", "--eval-every", "240", "--eval-seeds", "1",
            "--bc-policy", "cache-lct", "--bc-episodes", "2", "--bc-updates", "5", "--bc-weight", "0.5",
-           "--target-entropy-frac", "0.1",
+           "--target-entropy-frac", "0.1", "--actor-starts", "200",
            "--out", str(tmp_path), "--export", str(tmp_path / "exported.pt")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=280)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.npz"):
         assert (run_dir / name).exists(), name
-    assert json.loads((run_dir / "card.json").read_text())["args"]["target_entropy_frac"] == "0.1"
+    card_args = json.loads((run_dir / "card.json").read_text())["args"]
+    assert (card_args["target_entropy_frac"], card_args["actor_starts"]) == ("0.1", "200")
     rows = list(csv.DictReader((run_dir / "log.csv").open()))
     assert any(r["kind"] == "episode" for r in rows) and any(r["kind"] == "eval" for r in rows)
     exported = eat_agent.load_actor(tmp_path / "exported.pt")
@@ -130,17 +131,18 @@ def test_cli_refuses_an_unknown_hint_or_teacher() -> None:
         assert r.returncode != 0 and "unknown policy 'edf-kache'" in r.stderr, r.stderr
 
 
-def test_the_actor_loss_adds_the_weighted_clone_loss_on_the_heuristics_decisions() -> None:
+def warm_started(**overrides):
+    """Args, a filled replay buffer and (actor, critic, critic) after a short warm start from cache-lct."""
     import copy
 
     import numpy as np
-    import torch.nn.functional as F
 
     from eat_policy import nets, train
 
     torch.manual_seed(0)
     args = train.Args(scenario="paper", points=(0.08, 0.08), batch_size=16, policy_frequency=1,
-                      bc_policy="cache-lct", bc_episodes=1, bc_weight=3.0, quality_weight=8.0, time_scale_s=10.0)
+                      bc_policy="cache-lct", bc_episodes=1, bc_weight=3.0, quality_weight=8.0, time_scale_s=10.0,
+                      **overrides)
     rng = np.random.default_rng(0)
     env = train.make_env(args, rng)
     env.reset(seed=1)
@@ -149,23 +151,47 @@ def test_the_actor_loss_adds_the_weighted_clone_loss_on_the_heuristics_decisions
     train._warm_start(args, rng, rb, nets_[0], nets_[1], nets_[2], copy.deepcopy(nets_[1]), copy.deepcopy(nets_[2]),
                       torch.optim.Adam(nets_[0].parameters()), torch.optim.Adam(nets_[1].parameters()),
                       torch.tensor(-3.0, requires_grad=True))
+    return args, rb, nets_
+
+
+def one_update(args, rb, nets_, global_step, demos=None):
+    """One sac_update on copies of ``nets_`` with a fixed batch and chain noise; returns (losses, actor, q1, α)."""
+    import copy
+
+    import numpy as np
+
+    from eat_policy import train
+
+    actor, q1, q2 = (copy.deepcopy(n) for n in nets_)
+    log_alpha = torch.tensor(-3.0, requires_grad=True)
+    torch.manual_seed(1)
+    out = train.sac_update(args, global_step, rb, np.random.default_rng(7), actor, q1, q2, copy.deepcopy(q1),
+                           copy.deepcopy(q2), torch.optim.Adam([*q1.parameters(), *q2.parameters()]),
+                           torch.optim.Adam(actor.parameters()), torch.optim.Adam([log_alpha]), log_alpha, demos)
+    return out, actor, q1, log_alpha
+
+
+def test_the_actor_loss_adds_the_weighted_clone_loss_on_the_heuristics_decisions() -> None:
+    import copy
+
+    args, rb, nets_ = warm_started()
     demos = copy.deepcopy(rb)
-
-    def actor_loss(with_demos: bool) -> float:
-        """One update from identical nets, batch and chain noise; only the demos differ."""
-        actor, q1, q2 = (copy.deepcopy(n) for n in nets_)
-        log_alpha = torch.tensor(-3.0, requires_grad=True)
-        r = np.random.default_rng(7)
-        torch.manual_seed(1)
-        out = train.sac_update(args, 0, rb, r, actor, q1, q2, copy.deepcopy(q1), copy.deepcopy(q2),
-                               torch.optim.Adam([*q1.parameters(), *q2.parameters()]),
-                               torch.optim.Adam(actor.parameters()), torch.optim.Adam([log_alpha]), log_alpha,
-                               demos if with_demos else None)
-        return out["actor"]
-
-    plain, cloned = actor_loss(False), actor_loss(True)
+    plain, cloned = (one_update(args, rb, nets_, 0, d)[0]["actor"] for d in (None, demos))
     # the clone term is the heuristic's decisions' NLL under the actor: positive, of the order of log(#options)
     assert 0.5 < (cloned - plain) / args.bc_weight < 10.0
+
+
+def test_before_actor_starts_only_the_critics_learn() -> None:
+    args, rb, nets_ = warm_started(actor_starts=100)
+
+    def moved(before: torch.nn.Module, after: torch.nn.Module) -> bool:
+        return any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+
+    out, actor, q1, log_alpha = one_update(args, rb, nets_, 99)
+    assert moved(nets_[1], q1) and not moved(nets_[0], actor)
+    assert log_alpha.item() == -3.0 and math.isnan(out["actor"])
+    out, actor, _, log_alpha = one_update(args, rb, nets_, 100)
+    assert moved(nets_[0], actor) and log_alpha.item() != -3.0
 
 
 def test_the_entropy_target_counts_wait_only_where_it_is_open() -> None:
