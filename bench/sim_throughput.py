@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from eat_policy.agents import base, rollout
+from eat_policy.agents import base
 from eat_policy.sim import engine, scenarios
 
 REPEATS = 5
@@ -29,9 +29,7 @@ def decisions_per_s(n_nodes: int, policy_name: str, seed: int) -> float:
 def episode_rate(sim: engine.Simulator, policy: base.Policy, seed: int) -> float:
     """Decisions per second of one whole episode of ``policy`` on ``sim``'s trace ``seed``."""
     sim.reset(seed)
-    policy.reset(seed)
-    if isinstance(policy, rollout.RolloutTeacher):
-        policy.attach(sim)
+    base.begin_episode(policy, sim, seed)
     n, t0 = 0, time.perf_counter()
     while not sim.done:
         sim.step(policy.decide(sim.snapshot()))

@@ -38,7 +38,7 @@ class EpisodeResult:
 
 def run_episode(sim: engine.Simulator, policy: base.Policy, seed: int) -> tuple[dict[str, float], np.ndarray]:
     sim.reset(seed)
-    policy.reset(seed)
+    base.begin_episode(policy, sim, seed)
     while not sim.done:
         sim.step(policy.decide(sim.snapshot()))
     m = sim.metrics()

@@ -571,9 +571,7 @@ def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, c
     env = make_env(args, rng)
     seed = 1_000_000 + int(rng.integers(2**30))
     env.reset(seed=seed)
-    teacher.reset(seed)
-    if isinstance(teacher, rollout.RolloutTeacher):
-        teacher.attach(env.sim)
+    base.begin_episode(teacher, env.sim, seed)
     done = env.sim.done
     while not done:
         snap = env.sim.snapshot()

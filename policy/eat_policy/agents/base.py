@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from eat_policy.snapshot import Decision, Snapshot
+
+if TYPE_CHECKING:
+    from eat_policy.sim import engine
 
 
 class Policy(Protocol):
@@ -15,6 +18,21 @@ class Policy(Protocol):
 
     def decide(self, snap: Snapshot) -> Decision | None:
         """Dispatch one queued job, or None to wait for the next event."""
+
+
+@runtime_checkable
+class LooksAhead(Protocol):
+    """A training teacher that plays copies of the episode it decides for (``agents.rollout``)."""
+
+    def attach(self, sim: engine.Simulator) -> None:
+        """The simulator whose episode the next decisions are for (copied, never stepped)."""
+
+
+def begin_episode(policy: Policy, sim: engine.Simulator, seed: int) -> None:
+    """Ready ``policy`` for the episode ``sim`` was just reset to with ``seed``."""
+    policy.reset(seed)
+    if isinstance(policy, LooksAhead):
+        policy.attach(sim)
 
 
 class UnknownPolicy(ValueError):

@@ -11,9 +11,7 @@ from eat_policy.sim import engine, scenarios
 def _episode(policy, scenario: scenarios.Scenario, seed: int) -> tuple[float, engine.Simulator]:
     sim = engine.Simulator(scenario)
     sim.reset(seed)
-    policy.reset(seed)
-    if isinstance(policy, rollout.RolloutTeacher):
-        policy.attach(sim)
+    base.begin_episode(policy, sim, seed)
     total = 0.0
     while not sim.done:
         total += sim.step(policy.decide(sim.snapshot()))
