@@ -88,6 +88,11 @@ class Args:
     """Adam learning rate of log α (faster than the nets: rewards change scale during training)."""
     policy_frequency: int = 2
     """Delayed actor (and α) update: once every this many critic updates."""
+    kl_weight: float = 0.0
+    """A trust region for SAC's actor: this weight × KL(reference ‖ actor) on the replay batch, the
+    reference being the actor as SAC begins (the warm start's clone, or as resumed). Unlike the
+    clone loss, which holds the actor to the teacher's labels on the warm start's states, it holds
+    it near the clone on every state SAC reaches."""
     actor_starts: int = 0
     """Critic-only updates before this global step: after a warm start, the critics first fit the
     clone's own returns, so that the actor is not steered by values they have not learned yet."""
@@ -375,6 +380,7 @@ def train(args: Args) -> Path:
         demos = labels if args.bc_weight > 0 else None
     elif args.resume and args.bc_weight > 0:
         demos = load_demos(run_dir)
+    reference = frozen(actor) if args.kl_weight > 0 else None
 
     log_file = (run_dir / "log.csv").open("a", newline="")
     log = csv.writer(log_file)
@@ -430,7 +436,7 @@ def train(args: Args) -> Path:
             # ALGO LOGIC: training
             if len(rb) >= min(args.learning_starts, args.buffer_size) and global_step - start_step >= min(args.learning_starts, 200):
                 losses = sac_update(args, global_step, rb, rng, actor, qf1, qf2, qf1_target, qf2_target,
-                                    q_optimizer, actor_optimizer, a_optimizer, log_alpha, demos)
+                                    q_optimizer, actor_optimizer, a_optimizer, log_alpha, demos, reference)
                 if writer and global_step % 100 == 0:
                     writer.add_scalar("losses/qf_loss", losses["qf"], global_step)
                     writer.add_scalar("losses/actor_loss", losses["actor"], global_step)
@@ -480,7 +486,7 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
                qf1: nets.Critic, qf2: nets.Critic, qf1_target: nets.Critic, qf2_target: nets.Critic,
                q_optimizer: torch.optim.Optimizer, actor_optimizer: torch.optim.Optimizer,
                a_optimizer: torch.optim.Optimizer, log_alpha: torch.Tensor,
-               demos: ReplayBuffer | None = None) -> dict[str, float]:
+               demos: ReplayBuffer | None = None, reference: nets.Actor | None = None) -> dict[str, float]:
     obs, actions, rewards, next_obs, dones = rb.sample(args.batch_size, rng)
     alpha = log_alpha.exp().detach()
     # 1. diffusion-actor sample at s' and twin-Q target (exact expectation over the options)
@@ -510,6 +516,10 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
             d_obs, d_actions, _, _, _ = demos.sample(args.batch_size, rng)
             d_logp = nets.masked_log_probs(*actor(d_obs), d_obs)
             actor_loss = actor_loss + args.bc_weight * F.nll_loss(d_logp, d_actions)
+        if reference is not None:
+            with torch.no_grad():
+                ref_logp = nets.joint_log_probs(*reference(obs), mask, obs["may_wait"])
+            actor_loss = actor_loss + args.kl_weight * (ref_logp.exp() * (ref_logp - logp)).sum(1).mean()
         actor_optimizer.zero_grad()
         actor_loss.backward()
         torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
@@ -527,6 +537,13 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
             for p_, tp in zip(net.parameters(), target_net.parameters()):
                 tp.mul_(1 - args.tau).add_(args.tau * p_)
     return out
+
+
+def frozen(actor: nets.Actor) -> nets.Actor:
+    """A copy of ``actor`` that no update moves (the trust region's reference)."""
+    reference = copy.deepcopy(actor)
+    reference.requires_grad_(False)
+    return reference
 
 
 def entropy_target(mask: torch.Tensor, may_wait: torch.Tensor, step_bins: int, frac: float) -> torch.Tensor:
@@ -657,6 +674,8 @@ def main(
         help="SAC's target entropy as this fraction of the uniform entropy over the open options.")] = 0.2,
     actor_starts: Annotated[int, typer.Option(
         help="Global step before which only the critics are updated (the actor and α wait).")] = 0,
+    kl_weight: Annotated[float, typer.Option(
+        help="Weight of KL(actor as SAC begins || actor) in the actor loss (a trust region around the clone).")] = 0.0,
     quality_weight: Annotated[Optional[float], typer.Option(help="Reward per unit quality Q (paper default 8: 80 job-seconds).")] = None,
     step_bins: Annotated[int, typer.Option(help="Steps bins over each job's range (the checkpoint records it).")] = nets.STEP_BINS,
     threads: int = 1,
@@ -671,6 +690,8 @@ def main(
         raise typer.BadParameter(f"variant must be one of {', '.join(nets.VARIANTS)}, got {variant!r}")
     if step_bins < 2:
         raise typer.BadParameter(f"step-bins must be at least 2, got {step_bins}")
+    if kl_weight < 0:
+        raise typer.BadParameter(f"kl-weight must be at least 0, got {kl_weight}")
     if not 0 < target_entropy_frac <= 1:
         raise typer.BadParameter(f"target-entropy-frac must be in (0, 1], got {target_entropy_frac}")
     if mode not in ("choose-k", "fixed-k", "mixed"):
@@ -696,7 +717,7 @@ def main(
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
-                target_entropy_frac=target_entropy_frac, actor_starts=actor_starts)
+                target_entropy_frac=target_entropy_frac, actor_starts=actor_starts, kl_weight=kl_weight)
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")
 
