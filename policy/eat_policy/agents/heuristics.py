@@ -33,7 +33,7 @@ import numpy as np
 from eat_policy.agents import base
 from eat_policy.agents.cache_aware import DEFAULT_STEPS, LOOKAHEAD, Planner, plan_simply
 from eat_policy.snapshot import Decision, Snapshot
-from eat_policy.sim import catalog, paper, physics
+from eat_policy.sim import catalog, physics
 
 
 
@@ -207,19 +207,8 @@ def efficient_k(snap: Snapshot) -> np.ndarray:
     """Per window job, its allowed k with the least GPU-seconds per denoising step (ties: fewer
     patches); a job's own k where it brings one."""
     rows = zip(snap.job_k.tolist(), snap.job_k_max.tolist(), snap.job_pixels.tolist())
-    out = [_efficient_k(snap.scenario, snap.k_choices, k, k_max, px) for k, k_max, px in rows]
+    out = [k or physics.most_efficient_k(snap.scenario, snap.k_choices, k_max, px) for k, k_max, px in rows]
     return np.array(out, dtype=snap.job_k_max.dtype)
-
-
-@functools.lru_cache(maxsize=1024)
-def _efficient_k(scenario: str, k_choices: tuple[int, ...], k: int, k_max: int, pixels: float) -> int:
-    if k:
-        return k
-    ks = [c for c in k_choices if c <= k_max]
-    if scenario == "paper":
-        return min(ks, key=lambda c: (c * paper.C_K[c], c))
-    best_speedup = {c: max(catalog.patch_speedup(c, pixels, link) for link in catalog.LINK_PENALTY) for c in ks}
-    return min(ks, key=lambda c: (c / best_speedup[c], c))
 
 
 def useful_steps(snap: Snapshot, j: int, phys: physics.Physics) -> tuple[int, int]:

@@ -137,6 +137,17 @@ def is_warm_group(node_group: np.ndarray, nodes: tuple[int, ...]) -> bool:
     return int(np.count_nonzero(node_group == g)) == len(nodes)
 
 
+@functools.lru_cache(maxsize=1024)
+def most_efficient_k(scenario: str, k_choices: tuple[int, ...], k_max: int, pixels: float) -> int:
+    """The patch count up to ``k_max`` with the least GPU-seconds per denoising step (ties: fewer
+    patches): k·c_k on paper; on edge, k over its best patch speed-up (over the link kinds)."""
+    ks = [c for c in k_choices if c <= k_max]
+    if scenario == "paper":
+        return min(ks, key=lambda c: (c * paper.C_K[c], c))
+    best_speedup = {c: max(_speedup(c, pixels, link) for link in catalog.LINK_PENALTY) for c in ks}
+    return min(ks, key=lambda c: (c / best_speedup[c], c))
+
+
 # --- edge -------------------------------------------------------------------------------
 
 

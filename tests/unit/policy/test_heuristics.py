@@ -138,11 +138,7 @@ def test_queue_steps_is_faster_than_cache_lct_at_no_lower_quality() -> None:
     assert mean["cache-lct-queue"]["quality_mean"] >= mean["cache-lct"]["quality_mean"]
 
 
-def test_the_most_gpu_efficient_k_is_2_on_paper_and_1_on_edge() -> None:
-    # paper: k·c_k = 0.315, 0.3125, 0.56 GPU-seconds per step; edge: patch speed-ups are sublinear
-    assert heuristics._efficient_k("paper", (1, 2, 4), 0, 8, 1440.0**2) == 2
-    assert heuristics._efficient_k("edge", (1, 2, 4, 8), 0, 8, 1024.0**2) == 1
-    assert heuristics._efficient_k("edge", (1, 2, 4, 8), 4, 8, 1024.0**2) == 4  # the job brings its k
+
 
 
 @pytest.mark.parametrize("name", ["cache-lct-queue", "edf-cache-queue"])
@@ -175,3 +171,12 @@ def test_queue_steps_rejects_a_bad_argument(bad: str) -> None:
         base.make(f"cache-lct-queue:{bad}")
     assert base.make("cache-lct-queue:30").name == "cache-lct-queue:30"
     assert base.make("edf-cache-queue").name == "edf-cache-queue"
+
+
+def test_jobs_that_bring_their_k_keep_it_and_the_rest_get_the_efficient_one() -> None:
+    fixed, free = (engine.Simulator(scenarios.paper(mode=mode)) for mode in ("fixed-k", "choose-k"))
+    for sim in (fixed, free):
+        sim.reset(3)
+    brought = fixed.snapshot().job_k
+    assert brought.min() > 0 and np.array_equal(heuristics.efficient_k(fixed.snapshot()), brought)
+    assert set(heuristics.efficient_k(free.snapshot()).tolist()) == {2}  # paper: k·c_k is least at 2

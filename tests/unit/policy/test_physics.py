@@ -83,3 +83,10 @@ def test_engine_charges_what_physics_predicts() -> None:
     predicted = p.finish_s(int(snap.job_steps_max[0]))
     sim.step(base.Decision(0, p.gpus, int(snap.job_steps_max[0])))
     assert sim.gpu_free_at[p.gpus[0]] == pytest.approx(predicted)
+
+
+def test_the_most_gpu_efficient_k_is_2_on_paper_and_1_on_edge() -> None:
+    # paper: k·c_k = 0.315, 0.3125, 0.56 GPU-seconds per step; edge: patch speed-ups are sublinear
+    assert physics.most_efficient_k("paper", (1, 2, 4), 8, 1440.0**2) == 2
+    assert physics.most_efficient_k("paper", (1, 2, 4), 1, 1440.0**2) == 1  # capped by the job's k_max
+    assert physics.most_efficient_k("edge", (1, 2, 4, 8), 8, 1024.0**2) == 1
