@@ -100,6 +100,7 @@ def evaluate(
     mode: ModeOpt = "choose-k",
     policies: Annotated[str, typer.Option(help="Comma-separated policies.")] = "random,round-robin,first-fit,least-loaded,cache-lct,edf-cache,cache-lct-queue,edf-cache-queue",
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; each seed is one arrival trace shared by all policies.")] = 20,
+    first_seed: Annotated[int, typer.Option(help="Start the seeds here instead of 0 (0..19 are the test seeds; training selects its checkpoints on 100000 onwards), e.g. for a held-out check between runs.")] = 0,
     rates: Annotated[Optional[str], typer.Option(help="Comma-separated λ (jobs/s). Default for paper: 0.01..0.11.")] = None,
     loads: Annotated[Optional[str], typer.Option(help="Edge: comma-separated offered loads ρ. Default 0.5,0.8,1.0.")] = None,
     nodes: NodesOpt = None,
@@ -114,6 +115,8 @@ def evaluate(
         raise typer.BadParameter(f"baseline {baseline!r} is not one of the policies ({', '.join(names)})")
     if seeds < 2:
         raise typer.BadParameter(f"seeds must be >= 2 for a confidence interval, got {seeds}")
+    if first_seed < 0:
+        raise typer.BadParameter(f"first-seed must be >= 0, got {first_seed}")
     if rates and loads:
         raise typer.BadParameter("give --rates or --loads, not both")
     if loads or (scenario == "edge" and not rates):
@@ -128,10 +131,11 @@ def evaluate(
     total = len(points) * len(names) * seeds
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("episodes", total=total)
-        results = evaluation.sweep(make, names, points, range(seeds), progress=lambda: bar.advance(task))
+        results = evaluation.sweep(make, names, points, range(first_seed, first_seed + seeds),
+                                   progress=lambda: bar.advance(task))
     evaluation.write_csv(results, out / "episodes.csv")
     plots = evaluation.plot(results, out, label)
-    console.print(_table(evaluation.summarise(results), label, f"{scenario} ({mode}), {seeds} seeds, mean ± 95% CI"))
+    console.print(_table(evaluation.summarise(results), label, f"{scenario} ({mode}), {_seed_range(first_seed, seeds)}, mean ± 95% CI"))
     if baseline is not None:
         console.print(_paired_table(evaluation.paired(results, baseline), label, baseline))
     console.print(f"wrote {out / 'episodes.csv'} and {', '.join(p.name for p in plots)}")
@@ -163,6 +167,10 @@ def serve(
     if prometheus_url is not None:
         os.environ["EAT_POLICY_PROMETHEUS_URL"] = prometheus_url
     uvicorn.run("eat_policy.service.app:app", host=host, port=port, log_level=log_level, workers=1)
+
+
+def _seed_range(first: int, n: int) -> str:
+    return f"{n} seeds" if first == 0 else f"{n} seeds ({first}–{first + n - 1})"
 
 
 def _table(rows: list[dict[str, object]], label: str, title: str) -> Table:

@@ -40,6 +40,19 @@ def test_evaluate_writes_table_csv_and_plots(tmp_path) -> None:  # type: ignore[
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_can_run_seeds_away_from_the_test_seeds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "ev"
+    args = ["evaluate", "--seeds", "2", "--first-seed", "100003", "--rates", "0.05", "--policies", "first-fit"]
+    result = runner.invoke(cli.app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 seeds (100003–100004)" in result.output
+    rows = list(csv.DictReader((out / "episodes.csv").open()))
+    assert sorted(int(r["seed"]) for r in rows) == [100003, 100004]
+    (direct,) = evaluate.sweep(lambda r: scenarios.paper(rate=r), ["first-fit"], [0.05], [100004])
+    assert float(next(r for r in rows if r["seed"] == "100004")["resp_mean_s"]) == pytest.approx(
+        direct.metrics["resp_mean_s"])
+
+
 def test_paired_differences_are_per_seed_against_the_baseline() -> None:
     res = evaluate.sweep(lambda r: scenarios.paper(rate=r), ["random", "cache-lct"], [0.05], range(4))
     (row,) = evaluate.paired(res, "random")
@@ -77,9 +90,11 @@ def test_simulate_prints_metrics() -> None:
     (["evaluate", "--rates", "0.1,abc"], "comma-separated numbers"),
     (["evaluate", "--rates", "0"], "positive numbers"),
     (["evaluate", "--seeds", "1"], "seeds must be >= 2"),
+    (["evaluate", "--first-seed", "-1"], "first-seed must be >= 0"),
     (["evaluate", "--scenario", "edge", "--loads", "9"], "load must be in"),
     (["evaluate", "--policies", "cache-lct-steps:0"], "takes a number of steps from 1 to 100, got '0'"),
-], ids=["scenario", "policy", "nodes", "rate", "mode", "rates-text", "rates-zero", "seeds", "load", "steps"])
+], ids=["scenario", "policy", "nodes", "rate", "mode", "rates-text", "rates-zero", "seeds", "first-seed", "load",
+        "steps"])
 def test_bad_input_is_a_clear_error_not_a_traceback(args: list[str], message: str) -> None:
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2
