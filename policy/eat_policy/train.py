@@ -202,9 +202,12 @@ def step(env: sim_env.SchedulingEnv, args: Args, index: int, v: np.ndarray | Non
         action = {"job": d.job, "k": nets.features.K_VALUES.index(d.k), "node_scores": _scores_for(d, snap), "steps": option[3]}
         quality = float(env.sim.physics.quality(snap, d.job, d.steps))
     _, r_env, done, _, info = env.step(action)
-    reward = (args.env_reward_weight * r_env + args.quality_weight * quality
-              - time_in_system(env, t0, env.sim.now) / args.time_scale_s)
-    return reward, done, info
+    return objective(args).reward(r_env, quality, time_in_system(env, t0, env.sim.now)), done, info
+
+
+def objective(args: Args) -> rollout.Objective:
+    """The training reward's weights (the rollout teacher scores its play-outs by it too)."""
+    return rollout.Objective(args.env_reward_weight, args.quality_weight, args.time_scale_s)
 
 
 def _scores_for(d: Any, snap: Any) -> np.ndarray:
@@ -563,7 +566,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     clone act and the teacher label the states the clone reaches (DAgger), then clones all labels
     so far again. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
     assert args.bc_policy is not None
-    teacher = make_teacher(args.bc_policy)
+    teacher = make_teacher(args.bc_policy, objective(args))
     hint = eat_agent.hinter_of(actor)
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
     for round_ in range(1 + args.bc_dagger):
@@ -615,10 +618,11 @@ def load_demos(run_dir: Path) -> ReplayBuffer:
     return ReplayBuffer.load_states(path)
 
 
-def make_teacher(name: str) -> base.Policy:
-    """A registered policy, or ``rollout:<heuristic>`` (``agents.rollout``, training only)."""
+def make_teacher(name: str, objective: rollout.Objective) -> base.Policy:
+    """A registered policy, or ``rollout:<heuristic>`` (``agents.rollout``, training only),
+    which scores its play-outs by ``objective``."""
     if name.startswith(rollout.PREFIX):
-        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX))
+        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX), objective)
     return base.make(name)
 
 

@@ -4,8 +4,9 @@ At each decision it takes the heuristic's proposal and a few alternatives (wait,
 is idle; the proposed job on the fastest idle GPU that holds its model, has it on disk, or has
 neither; the proposed steps ×0.75 and ×1.25), plays each out on a copy of the simulator to the
 end of the episode with the heuristic deciding everything after it, and keeps the one with the
-highest return. That is policy iteration's improvement step, exact because the copy is the same
-episode; it is also clairvoyant (the copy knows future arrivals), so it cannot serve: it labels
+highest return under the training objective (``Objective``: the env's reward, quality and the
+job-seconds spent in the system, weighted as ``eat-policy train`` weights them). That is policy
+iteration's improvement step, exact because the copy is the same episode; it is also clairvoyant (the copy knows future arrivals), so it cannot serve: it labels
 demonstrations for ``eat-policy train --bc-policy rollout:<heuristic>``, and the learned policy,
 which sees only the state, learns what of the improvement a state can predict.
 """
@@ -13,22 +14,45 @@ which sees only the state, learns what of the improvement a state can predict.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 
 import numpy as np
 
 from eat_policy import features
 from eat_policy.agents import base
-from eat_policy.sim import catalog, engine
+from eat_policy.sim import catalog, engine, metrics
 from eat_policy.snapshot import Decision, Snapshot
 
 PREFIX = "rollout:"
 STEPS_FACTORS = (0.75, 1.25)
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """The training reward: per dispatch, ``env_reward_weight`` × the env's reward +
+    ``quality_weight`` × Q(steps), less the job-seconds spent in the system / ``time_scale_s``."""
+
+    env_reward_weight: float = 1.0
+    quality_weight: float = 0.0
+    time_scale_s: float = math.inf
+
+    def reward(self, env_reward: float, quality: float, job_seconds: float) -> float:
+        return self.env_reward_weight * env_reward + self.quality_weight * quality - job_seconds / self.time_scale_s
+
+    def rest_of_episode(self, env_rewards: float, sim: engine.Simulator) -> float:
+        """The return from a decision on, given the env's rewards since it, on a finished episode,
+        up to terms that the decision cannot change (what was earned before it)."""
+        quality = float(np.nansum(sim.records.quality))
+        job_seconds = float(metrics.responses(sim.records, sim.trace, sim.now).sum())
+        return self.reward(env_rewards, quality, job_seconds)
+
+
 class RolloutTeacher:
-    def __init__(self, heuristic: str) -> None:
+    def __init__(self, heuristic: str, objective: Objective = Objective()) -> None:
         self.name = PREFIX + heuristic
         self.base = base.make(heuristic)
+        self.objective = objective
         self.sim: engine.Simulator | None = None
 
     def attach(self, sim: engine.Simulator) -> None:
@@ -51,10 +75,10 @@ class RolloutTeacher:
     def _play_out(self, first: Decision | None) -> float:
         sim = copy.deepcopy(self.sim)
         assert sim is not None
-        total = sim.step(first)
+        env_rewards = sim.step(first)
         while not sim.done:
-            total += sim.step(self.base.decide(sim.snapshot()))
-        return total
+            env_rewards += sim.step(self.base.decide(sim.snapshot()))
+        return self.objective.rest_of_episode(env_rewards, sim)
 
 
 def alternatives(snap: Snapshot, proposal: Decision) -> list[Decision | None]:

@@ -243,9 +243,11 @@ def test_rollout_teachers_are_made_for_training_and_checked_by_the_cli() -> None
     from eat_policy import train
     from eat_policy.agents import rollout
 
-    teacher = train.make_teacher("rollout:edf-cache-queue")
+    edge = train.objective(train.Args(scenario="edge"))
+    teacher = train.make_teacher("rollout:edf-cache-queue", edge)
     assert isinstance(teacher, rollout.RolloutTeacher) and teacher.base.name == "edf-cache-queue"
-    assert train.make_teacher("cache-lct").name == "cache-lct"
+    assert teacher.objective == rollout.Objective(env_reward_weight=1.0, quality_weight=0.0, time_scale_s=600.0)
+    assert train.make_teacher("cache-lct", edge).name == "cache-lct"
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--bc-policy", "rollout:edf-kache"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "unknown policy 'edf-kache'" in r.stderr, r.stderr
