@@ -104,3 +104,27 @@ def test_prototype_reward() -> None:
     # all 10 visible jobs waited 0 s; D = 0.315·20 + 24 = 30.3
     assert reward == pytest.approx(min(10, 250 / 30.3) + 10 * paper.quality(20))
     assert math.isclose(paper.reward(0, 10, 0, 30), 10 + 2.8385, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("n_nodes", [4, 8])
+def test_no_policy_beats_the_mean_response_bound_at_its_quality(n_nodes: int) -> None:
+    from eat_policy import evaluate
+    from eat_policy.agents import base
+
+    for rate in (0.05, 0.11):
+        scenario = scenarios.paper(n_nodes=n_nodes, rate=rate)
+        sim = engine.Simulator(scenario)
+        for name in ("random", "first-fit", "cache-lct", "cache-lct-steps:5", "cache-lct-queue", "cache-lct-queue:80"):
+            for seed in range(3):
+                m, _ = evaluate.run_episode(sim, base.make(name), seed)
+                assert m["unfinished"] == 0  # (at λ 0.01 a task arriving just before the cut does not)
+                bound = paper.mean_response_bound(n_nodes, scenario.k_choices, int(m["arrived"]),
+                                                  scenario.initial_queue, m["quality_mean"])
+                assert 0 < bound <= m["resp_mean_s"], (name, rate, seed)
+
+
+def test_the_bound_rises_with_the_quality_asked_for() -> None:
+    bounds = [paper.mean_response_bound(4, (1, 2, 4), 32, 10, q) for q in (0.0, 0.1, 0.2, 0.25, 0.27)]
+    assert all(a < b for a, b in zip(bounds, bounds[1:]))
+    cold_starts_alone = paper.R_K[1] * 10 / 32
+    assert cold_starts_alone < bounds[0] < cold_starts_alone + 1.0
