@@ -3,9 +3,10 @@ every job's status from a snapshot of the cluster.
 
 A cycle: take a ``ClusterSnapshot`` of the read cache; reconcile each job past Pending
 (``status.reconcile``: create missing pods, lift gates, follow phases, tear down and retry);
-then, while the policy keeps dispatching, send the oldest pending jobs (by priority) with
-the nodes' free GPUs to ``POST /v1/plan`` and act on each decision: write the plan to status,
-then create the group. When the policy service cannot answer in time the same planner code
+then send the oldest pending jobs (by priority) with the nodes' free GPUs to ``POST /v1/plan``
+and act on each decision: write the plan to status, then create the group; the next batch
+takes the pending jobs after those, so jobs the policy holds (too big for the free GPUs, say)
+do not keep the ones behind them from being planned. When the policy service cannot answer in time the same planner code
 runs in-process (``eat_policy.service.planner``), and the plan says so.
 """
 
@@ -153,6 +154,8 @@ class Dispatcher:
         """Per job: the attempt and why the API server last refused one of its pods (cleared by a creation)."""
         """Node → until when it is not offered to the policy (``Step.rest_nodes``)."""
         self._services: set[tuple[str, str, str]] = set()
+        self._service_taken: dict[tuple[str, str], str] = {}
+        """Per job: why its Service's name is taken by another's (its gates stay on meanwhile)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._building: dict[tuple[str, str], asyncio.Task[None]] = {}
         """Jobs whose group is being created now; the next batch plans meanwhile."""
@@ -221,6 +224,8 @@ class Dispatcher:
         t_snap = time.perf_counter() - t0
         self._gauges(snap)
         self._create_errors = {k: v for k, v in self._create_errors.items() if k in snap.jobs}
+        self._services = {k for k in self._services if k[:2] in snap.jobs and snap.jobs[k[:2]].uid == k[2]}
+        self._service_taken = {k: v for k, v in self._service_taken.items() if k in snap.jobs}
         work = []
         for job in snap.jobs.values():
             if job.deleting or job.phase == "Succeeded" or (job.phase == "Pending" and not snap.pods_of(job)):
@@ -229,12 +234,15 @@ class Dispatcher:
                 continue
             try:
                 spec = self.parse(job.body)
-            except spec_mod.InvalidSpec as e:
-                if job.phase != "Failed":
-                    work.append(self.execute(job, status.failed(job, snap.now, e.reason, str(e))))
+            except spec_mod.InvalidSpec as e:  # edited, or a model no longer served: fail it, free its GPUs
+                left = status.leftovers(job, snap)
+                invalid = (status.failed(job, snap.now, e.reason, str(e), delete=left) if job.phase != "Failed"
+                           else status.Step(delete=left))
+                if not invalid.empty:
+                    work.append(self.execute(job, invalid))
                 continue
-            step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s),
-                                    self._create_errors.get(job.key, (0, None))[1])
+            refused = self._create_errors.get(job.key, (0, None))[1] or self._service_taken.get(job.key)
+            step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s), refused)
             if not step.empty:
                 work.append(self.execute(job, step, spec))
         # Planning needs none of these writes: they touch jobs past Pending (or their leftover
@@ -243,12 +251,13 @@ class Dispatcher:
         reconciling = asyncio.ensure_future(_gather(work))
         t1 = time.perf_counter()
         batches = dispatched = 0
+        shown: set[tuple[str, str]] = set()
         try:
             for _ in range(self.s.batches_per_cycle):
-                n = await self.dispatch_batch()
+                n = await self.dispatch_batch(shown)
                 batches += 1
                 dispatched += n
-                if not n:
+                if n < 0:
                     break
         finally:
             await reconciling
@@ -260,21 +269,29 @@ class Dispatcher:
             log.info("cycle: snapshot %.3f s; %d jobs reconciled and %d batches dispatched %d jobs in %.3f s",
                      t_snap, len(work), batches, dispatched, t2 - t1)
 
-    async def dispatch_batch(self) -> int:
-        """Plan one batch of pending jobs; how many were dispatched."""
+    async def dispatch_batch(self, shown: set[tuple[str, str]] | None = None) -> int:
+        """Plan one batch of the pending jobs not in ``shown`` (the jobs this cycle's batches
+        showed the policy: those it held cannot fit in less than it had then, and the jobs
+        behind them may), all of the highest priority among them; how many were dispatched,
+        or -1 when no job or no GPU is left."""
+        shown = set() if shown is None else shown
         snap = self.take_snapshot()
         valid, invalid = select_pending(snap, self.models, self.parse)
         await _gather([self.execute(j, status.failed(j, snap.now, e.reason, str(e))) for j, e in invalid
                        if j.status.get("phase") != "Failed"])
-        metrics.queue_depth.set(len(valid))
-        if not valid:
-            return 0
+        if not shown:
+            metrics.queue_depth.set(len(valid))
+        unseen = [(j, sp) for j, sp in valid if j.key not in shown]
+        if not unseen:
+            return -1
+        # One priority per batch: the policy orders a batch by deadline and age, not priority.
+        batch = [(j, sp) for j, sp in unseen if sp.priority == unseen[0][1].priority][: self.s.batch_size]
+        shown.update(j.key for j, _ in batch)
         nodes = self._offered(snap)
-        batch = valid[: self.s.batch_size]
         if not any(n.gpus_free > 0 and n.ready for n in nodes):
             await _gather([self.execute(j, self._pending(j, snap.now, "no free GPU in the cluster"))
                            for j, _ in batch])
-            return 0
+            return -1
         outcome = await self.policy.plan(plan_request(batch, nodes, snap.now, self.models))
         by_id = {spec_mod.job_id(j.namespace, j.name): (j, sp) for j, sp in batch}
         work, dispatched = [], 0
@@ -397,7 +414,8 @@ class Dispatcher:
         attempt = job.attempts
         svc_key = (job.namespace, job.name, job.uid)
         work: list[Any] = []
-        if svc_key not in self._services and len(plan.get("nodes") or []) > 1:  # one pod: no rendezvous
+        needs_service = len(plan.get("nodes") or []) > 1  # one pod: no rendezvous
+        if needs_service and svc_key not in self._services:
             work.append(self._create_service(job, svc_key))
         manifests = podgroup.pods(job, spec, plan, attempt, self.s)
         for m in manifests:
@@ -416,20 +434,33 @@ class Dispatcher:
                 ready = False
             elif pv.gated:
                 gated.append(pv.name)
-        if not ready:
-            return
+        if not ready or (needs_service and svc_key not in self._services):
+            return  # no member starts before rank 0 can be found by name
         await _gather([self._lift_gate(job.namespace, name) for name in gated])
         # The next cycle moves the job on (status.reconcile): to Running if kube-scheduler
         # bound the group meanwhile, else to Scheduling.
 
     async def _create_service(self, job: snapshot.JobView, key: tuple[str, str, str]) -> None:
+        url = kube.path("", "v1", "services", job.namespace)
         try:
-            await self.client.create(kube.path("", "v1", "services", job.namespace), podgroup.service(job, self.s))
+            await self.client.create(url, podgroup.service(job, self.s))
         except kube.ApiError as e:
             if e.status != 409:
                 metrics.api_errors.labels("create_service").inc()
                 log.warning("service %s/%s: %s", job.namespace, job.name, e)
                 return
+            try:  # ours, or a deleted job's of the same name that the garbage collector has yet to remove?
+                existing = await self.client.request("GET", f"{url}/{job.name}")
+            except kube.ApiError:
+                return
+            owners = {o.get("uid") for o in (existing.get("metadata") or {}).get("ownerReferences") or []}
+            if job.uid not in owners:
+                message = f"service {job.name}: the name is taken by a Service this job does not own"
+                if job.key not in self._service_taken:
+                    self._post_event(job, status.Event("Warning", "FailedCreate", message))
+                self._service_taken[job.key] = message
+                return
+        self._service_taken.pop(job.key, None)
         self._services.add(key)
 
     async def _create_pod(self, job: snapshot.JobView, manifest: Obj) -> None:

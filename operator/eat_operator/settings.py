@@ -35,13 +35,15 @@ class Settings(BaseSettings):
     """After the service failed, plan in-process this long before trying it again, so a
     dead service costs one timeout per interval, not one per batch."""
     models: tuple[str, ...] = ()
-    """Models jobs may ask for; empty: the policy's catalog (sd15, sdxl, sdxl-turbo)."""
+    """Models jobs may ask for, among the policy's catalog (a model it does not know cannot be
+    planned); empty: the whole catalog (sd15, sdxl, sdxl-turbo)."""
 
     # --- the dispatcher ------------------------------------------------------------------
     batch_size: int = Field(default=32, ge=1, le=1024)
     """Pending jobs per plan request: the policy service's window (``EAT_POLICY_WINDOW``)."""
     batches_per_cycle: int = Field(default=8, ge=1)
-    """Plan requests per dispatcher cycle while each one still dispatches something."""
+    """Plan requests per dispatcher cycle, each for pending jobs the cycle has not shown the
+    policy yet (so held jobs do not block those behind them)."""
     cycle_interval_s: float = Field(default=0.5, gt=0)
     """Longest sleep between cycles; watch events wake the loop earlier."""
     cycle_min_interval_s: float = Field(default=0.05, ge=0)
@@ -137,6 +139,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"an extra env entry needs a name: {e}")
             if name in JOB_ENV:
                 raise ValueError(f"{name} is set by the operator for each pod and cannot be overridden")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models_the_policy_knows(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from eat_policy.sim import catalog  # plain data; no numpy at import
+
+        known = [m.name for m in catalog.MODELS]
+        unknown = [m for m in v if m not in known]
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))} not in the policy's catalog ({', '.join(known)}): "
+                             "jobs asking for it could never be planned")
         return v
 
     @field_validator("policy_url")

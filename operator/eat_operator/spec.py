@@ -14,9 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from eat_policy import api
 
-DEFAULT_STEPS = {"sd15": (20, 50), "sdxl": (20, 40), "sdxl-turbo": (1, 4)}
-
-
 class InvalidSpec(ValueError):
     """The spec cannot run; the message is written to status and to a Warning Event."""
 
@@ -63,12 +60,12 @@ class JobSpec(BaseModel):
 
 
 def known_models(configured: tuple[str, ...]) -> dict[str, tuple[int, int]]:
-    """Model name → default steps range: the configured names, else the policy's catalog."""
+    """Model name → default steps range: the configured names (``Settings`` keeps them to the
+    policy's catalog), else the whole catalog."""
     from eat_policy.sim import catalog  # the catalog is plain data; no numpy at import
 
     ranges = {m.name: m.steps_range for m in catalog.MODELS}
-    names = configured or tuple(ranges)
-    return {n: ranges.get(n, DEFAULT_STEPS.get(n, (20, 50))) for n in names}
+    return {n: ranges[n] for n in configured or ranges}
 
 
 def parse(body: dict[str, Any], models: dict[str, tuple[int, int]]) -> JobSpec:

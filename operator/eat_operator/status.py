@@ -177,7 +177,7 @@ def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings
               output: str, create_error: str | None = None) -> Step:
     """The next step for a job that is not waiting for a plan (phase past Pending), or one
     that has leftover pods. Planning itself is ``dispatching``'s business. ``create_error``:
-    why the API server last refused one of its pods, if it did.
+    why the API server last refused one of its pods, or why its Service cannot be made, if so.
 
     Pods on a lost node (gone or not Ready) are removed with grace period 0, those being
     deleted already included: otherwise they would hold their names, and the job its next
@@ -189,6 +189,11 @@ def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings
     stuck = tuple(p.name for p in snap.pods_of(job) if p.deleting and p.name in lost)
     return dataclasses.replace(step, delete=tuple(n for n in step.delete if n not in lost),
                                force_delete=tuple(n for n in step.delete if n in lost) + stuck)
+
+
+def leftovers(job: snapshot.JobView, snap: snapshot.ClusterSnapshot) -> tuple[str, ...]:
+    """The job's pods still running or waiting to (a failed job deletes them)."""
+    return tuple(p.name for p in snap.pods_of(job) if not p.deleting and not p.terminated)
 
 
 def _node_lost(snap: snapshot.ClusterSnapshot, name: str) -> bool:
@@ -205,7 +210,7 @@ def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: setting
     if phase == "Succeeded":
         return NOTHING
     if phase == "Failed":
-        left = tuple(p.name for p in pods if not p.deleting and not p.terminated)
+        left = leftovers(job, snap)
         return Step(delete=left) if left else NOTHING
     if phase == "Pending" or phase not in PHASES:
         return Step(delete=live) if live else NOTHING
@@ -247,13 +252,15 @@ def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: setting
 
     if len(current) < len(nodes) or any(p.gated for p in current.values()):
         since = kube.parse_time((job.status.get("timestamps") or {}).get("planned")) or now
-        if phase == "Planned" and len(current) < len(nodes) and now - since > s.unschedulable_timeout_s:
-            # The API server keeps refusing the pods (quota, admission, a bad pod template):
-            # count it as a failed attempt, so the backoff limit ends it with the reason.
-            missing = sorted(set(range(len(nodes))) - set(current))
-            why = f": {create_error}" if create_error else ""
+        if phase == "Planned" and create_error and now - since > s.unschedulable_timeout_s:
+            # The API server keeps refusing the pods (quota, admission, a bad pod template), or
+            # the Service's name is taken: count it as a failed attempt, so the backoff limit
+            # ends it with the reason. Pods merely not tried yet (the operator was down since
+            # the plan) are not a failure.
+            made = len(nodes) - len(set(range(len(nodes))) - set(current))
             return _teardown(job, snap, s, live, failure=True, reason="GroupNotCreated",
-                             message=f"{len(missing)} of {len(nodes)} pods not created after {now - since:.0f} s{why}")
+                             message=f"{made} of {len(nodes)} pods created, group not released after "
+                                     f"{now - since:.0f} s: {create_error}")
         return Step(delete=stale, ensure_group=True)
     # The group exists and is released. A Planned job moves on here, in the cycle after its
     # group was made (one status write less when kube-scheduler has bound it meanwhile); it

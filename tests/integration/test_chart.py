@@ -384,6 +384,8 @@ def test_every_value_is_documented_with_examples() -> None:
                  "at '/nodeAgent/annotateNode': got string, want boolean", id="string-boolean"),
     pytest.param(["--set", "monitoring.prometheusRule.window=10minutes"],
                  "at '/monitoring/prometheusRule/window': '10minutes' does not match pattern", id="bad-duration"),
+    pytest.param(["--set", "models={sd15,sd21}"], "at '/models/1': value must be one of 'sd15', 'sdxl', 'sdxl-turbo'",
+                 id="model-the-policy-cannot-plan"),
     pytest.param(["--set", "modelCache.hostPath=relative/dir"],
                  "at '/modelCache/hostPath': 'relative/dir' does not match", id="relative-host-path"),
     pytest.param(["--set", "operator.replicaCount=2", "--set", "operator.leaderElection.enabled=false"],

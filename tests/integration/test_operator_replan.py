@@ -172,7 +172,7 @@ def test_pods_refused_by_the_api_server_fail_the_job_with_its_reason(cluster: Cl
     cluster.create(job_manifest(JOB, model="sd15", steps=20), namespace)
     st = wait_phase(cluster, namespace, JOB, {"Failed", "Succeeded"}, op=op, timeout=60)["status"]
     assert st["phase"] == "Failed" and st["reason"] == "BackoffLimitExceeded", st
-    assert st["failures"] == 2 and st["attempts"] == 2 and "not created after" in st["message"], st
+    assert st["failures"] == 2 and st["attempts"] == 2 and "group not released after" in st["message"], st
     assert "exceeded quota" in st["message"], st
     events = cluster.events_for(namespace, JOB)
     refused = [e for e in events if e["reason"] == "FailedCreate"]

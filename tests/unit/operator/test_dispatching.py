@@ -6,10 +6,11 @@ import asyncio
 import socket
 
 from tests.unit.operator.builders import T0, active_status, job, node, pod
+from tests.unit.operator.fake_api import FakeApi
 
 from eat_policy import api
 
-from eat_operator import dispatching, snapshot, spec as spec_mod
+from eat_operator import dispatching, kube, snapshot, spec as spec_mod
 
 MODELS = spec_mod.known_models(())
 
@@ -73,3 +74,101 @@ def test_resting_nodes_are_not_offered_until_their_rest_ends(settings) -> None: 
     assert [n.name for n in d._offered(snap)] == ["a"]
     snap = snapshot.build([node("a"), node("b")], [], [], T0 + 61)
     assert [n.name for n in d._offered(snap)] == ["a", "b"] and not d._resting
+
+
+# --- whole cycles, against an in-memory API ---------------------------------------------------
+
+
+def _url(plural: str, name: str) -> str:
+    group = (api.GROUP, api.CRD_VERSION) if plural == api.CRD_PLURAL else ("", "v1")
+    return kube.path(*group, plural, None if plural == "nodes" else "ns", name)
+
+
+def _dispatcher(fake: FakeApi, settings, now: float = T0 + 100) -> dispatching.Dispatcher:  # type: ignore[no-untyped-def]
+    """A dispatcher planning in-process, its read cache filled from ``fake``."""
+    d = dispatching.Dispatcher(settings, fake, dispatching.PolicyClient(None, 1, 1), clock=lambda: now)  # type: ignore[arg-type]
+    for url, obj in list(fake.objects.items()):
+        kind = next((k for k, plural in KINDS.items() if f"/{plural}/" in url), None)
+        if kind:
+            d.observe(kind, "ADDED", obj)
+    return d
+
+
+KINDS = {"nodes": "nodes", "pods": "pods", "jobs": api.CRD_PLURAL}
+
+
+def _cycle(fake: FakeApi, settings, now: float = T0 + 100) -> dispatching.Dispatcher:  # type: ignore[no-untyped-def]
+    """One dispatcher cycle over what ``fake`` holds."""
+    d = _dispatcher(fake, settings, now)
+    asyncio.run(d.cycle())
+    return d
+
+
+def _status(fake: FakeApi, name: str) -> dict:
+    return fake.objects[_url(api.CRD_PLURAL, name)].get("status") or {}
+
+
+def test_jobs_the_policy_holds_do_not_keep_the_ones_behind_them_waiting(settings) -> None:  # type: ignore[no-untyped-def]
+    """A batch's worth of jobs too big for the free GPUs heads the queue: the job behind them
+    that fits is planned in the same cycle (they used to be the only ones shown, every cycle)."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    for i in range(2):
+        fake.put(_url(api.CRD_PLURAL, f"big{i}"), job(f"big{i}", created=T0 + i, patches=8))
+    fake.put(_url(api.CRD_PLURAL, "small"), job("small", created=T0 + 2))
+    _cycle(fake, settings.model_copy(update={"batch_size": 2}))
+    assert _status(fake, "small")["phase"] == "Planned" and _status(fake, "small")["plan"]["nodes"] == ["a"]
+    assert [_status(fake, f"big{i}")["reason"] for i in range(2)] == ["Held", "Held"]
+
+
+def test_a_higher_priority_job_gets_the_gpu_before_an_older_one(settings) -> None:  # type: ignore[no-untyped-def]
+    """The policy orders the jobs it is shown by deadline and age: each batch holds one priority."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=1))
+    fake.put(_url(api.CRD_PLURAL, "low"), job("low", created=T0, priority=-1000))
+    fake.put(_url(api.CRD_PLURAL, "high"), job("high", created=T0 + 50, priority=1000))
+    _cycle(fake, settings)
+    assert _status(fake, "high")["phase"] == "Planned" and _status(fake, "low")["phase"] == "Pending"
+
+
+def test_a_job_whose_spec_turns_invalid_fails_and_frees_its_gpus(settings) -> None:  # type: ignore[no-untyped-def]
+    """E.g. its model edited to one not served: Failed with the reason, and its pods deleted
+    (they used to be left running, holding GPUs, as the failed job was never looked at again)."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    fake.put(_url(api.CRD_PLURAL, "j"), job("j", status=active_status("Running", ["a", "a"]), model="nope"))
+    for rank in range(2):
+        fake.put(_url("pods", f"j-{rank}"), pod(f"j-{rank}", rank=rank, node="a", phase="Running"))
+    _cycle(fake, settings)
+    assert _status(fake, "j")["phase"] == "Failed" and _status(fake, "j")["reason"] == "UnknownModel"
+    assert not fake.under(kube.path("", "v1", "pods", "ns"))
+
+
+def test_a_service_left_by_an_earlier_job_of_the_same_name_is_not_taken_for_ours(settings) -> None:  # type: ignore[no-untyped-def]
+    """Deleted and re-applied under its name, a job finds the old job's Service, which the
+    garbage collector has yet to remove: its pods stay gated (rank 0 could not be found by
+    name) until its own Service is made; a name taken for good fails the attempt with why."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    fake.put(_url(api.CRD_PLURAL, "j"), job("j", status=active_status("Planned", ["a", "a"], at=T0 + 90), patches=2))
+    old = {"metadata": {"name": "j", "namespace": "ns", "ownerReferences": [{"uid": "uid-of-the-deleted-j"}]}}
+    fake.put(_url("services", "j"), old)
+    d = _cycle(fake, settings)
+    pods = fake.under(kube.path("", "v1", "pods", "ns"))
+    assert len(pods) == 2 and all(p["spec"].get("schedulingGates") for p in pods)
+    assert "taken by a Service this job does not own" in d._service_taken[("ns", "j")]
+
+    d.clock = lambda: T0 + 90 + settings.unschedulable_timeout_s + 1  # still taken past the timeout
+    for p in pods:
+        d.observe("pods", "ADDED", p)
+    asyncio.run(d.cycle())
+    st = _status(fake, "j")
+    assert st["phase"] == "Pending" and st["reason"] == "GroupNotCreated" and "taken by a Service" in st["message"]
+
+    assert not fake.under(kube.path("", "v1", "pods", "ns"))  # torn down
+    for p in pods:
+        d.observe("pods", "DELETED", p)
+    del fake.objects[_url("services", "j")]  # the garbage collector catches up; the job is planned again
+    asyncio.run(d.cycle())
+    owners = fake.objects[_url("services", "j")]["metadata"]["ownerReferences"]
+    assert [o["uid"] for o in owners] == ["uid-j"] and ("ns", "j") not in d._service_taken

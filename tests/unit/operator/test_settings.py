@@ -22,3 +22,12 @@ def test_extra_env_may_not_override_what_the_operator_sets(monkeypatch) -> None:
     monkeypatch.setenv("EAT_OPERATOR_POD_SECURITY_CONTEXT", "{}")
     s = settings_mod.Settings()
     assert s.security_context == {"runAsNonRoot": True} and s.pod_security_context == {}
+
+
+def test_models_must_be_in_the_policys_catalog(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A model the policy cannot plan would pass job validation and then fail every plan."""
+    monkeypatch.setenv("EAT_OPERATOR_MODELS", '["sd15", "sdxl-turbo"]')
+    assert settings_mod.Settings().models == ("sd15", "sdxl-turbo")
+    monkeypatch.setenv("EAT_OPERATOR_MODELS", '["sd15", "sd21"]')
+    with pytest.raises(ValueError, match=r"'sd21' not in the policy's catalog \(sd15, sdxl, sdxl-turbo\)"):
+        settings_mod.Settings()

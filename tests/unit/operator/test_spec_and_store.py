@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def test_known_models_come_from_the_policy_catalog() -> None:
     assert set(MODELS) == {"sd15", "sdxl", "sdxl-turbo"}
-    assert spec_mod.known_models(("sd15", "custom")) == {"sd15": MODELS["sd15"], "custom": (20, 50)}
+    assert spec_mod.known_models(("sdxl", "sd15")) == {"sdxl": MODELS["sdxl"], "sd15": MODELS["sd15"]}
 
 
 def test_unknown_model_is_a_clear_invalid_spec() -> None:

@@ -96,7 +96,7 @@ def test_pods_the_api_server_keeps_refusing_fail_the_attempt_with_its_reason(set
     s = step(settings, active_status("Planned", ["a", "b"]), one, now=T0 + 31, create_error=refused)
     assert s.retried == "GroupNotCreated" and s.delete == ("j-0",)
     assert s.status is not None and s.status["phase"] == "Pending" and s.status["failures"] == 1
-    assert "1 of 2 pods not created after 31 s: " + refused in s.status["message"]
+    assert "1 of 2 pods created, group not released after 31 s: " + refused in s.status["message"]
     # counted as failures: past the backoff limit (2) the job fails, saying why
     s = step(settings, active_status("Planned", ["a", "b"], failures=2), (), now=T0 + 31, create_error=refused)
     assert s.status is not None and s.status["phase"] == "Failed" and s.status["reason"] == "BackoffLimitExceeded"
@@ -104,6 +104,9 @@ def test_pods_the_api_server_keeps_refusing_fail_the_attempt_with_its_reason(set
     # all pods made (still gated, e.g. the operator restarted before lifting them): no timeout
     both = [pod("j-0", rank=0, gated=True), pod("j-1", rank=1, gated=True)]
     assert step(settings, active_status("Planned", ["a", "b"]), both, now=T0 + 31).ensure_group
+    # none refused, only not made yet (the operator was down since the plan): made now, no failure
+    s = step(settings, active_status("Planned", ["a", "b"]), one, now=T0 + 600)
+    assert s.ensure_group and s.status is None and s.retried is None
 
 
 def test_stale_pods_of_old_attempts_are_deleted(settings) -> None:  # type: ignore[no-untyped-def]
