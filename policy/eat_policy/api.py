@@ -7,7 +7,7 @@ numerical library, so the operator and the extender can import it without torch 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,26 +70,36 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class JobRequest(_Model):
+class _Request(_Model):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+LATEST_TIME = 32_503_680_000.0
+"""Unix time of the year 3000: the latest a request's clock readings may be (422 beyond)."""
+UnixTime = Annotated[float, Field(ge=0, le=LATEST_TIME)]
+
+
+class JobRequest(_Request):
     id: str = Field(min_length=1, max_length=253, description="Job identity, e.g. namespace/name.")
     model: str = Field(min_length=1, max_length=128)
     width: int = Field(ge=64, le=4096, multiple_of=8)
     height: int = Field(ge=64, le=4096, multiple_of=8)
     steps_min: int = Field(ge=1, le=200)
     steps_max: int = Field(ge=1, le=200)
-    deadline_s: float | None = Field(default=None, gt=0, description="Seconds after arrival; none: best effort.")
-    arrival_time: float = Field(ge=0, description="Unix time the job was submitted.")
+    deadline_s: float | None = Field(default=None, gt=0, le=LATEST_TIME,
+                                     description="Seconds after arrival; none: best effort.")
+    arrival_time: UnixTime = Field(description="Unix time the job was submitted.")
     patches: int | None = Field(default=None, description="Fixed patch count; none: the policy chooses.")
     max_patches: int | None = Field(default=None, ge=1, le=8)
     priority: int = 0
 
 
-class NodeInfo(_Model):
+class NodeInfo(_Request):
     name: str = Field(min_length=1, max_length=253)
     gpu_product: str = Field(default="", description="nvidia.com/gpu.product label value.")
     gpus_total: int = Field(ge=0, le=64)
     gpus_free: int = Field(ge=0, le=64)
-    gpu_free_at: list[float] = Field(default_factory=list, description="Unix times busy GPUs are expected to free.")
+    gpu_free_at: list[UnixTime] = Field(default_factory=list, description="Unix times busy GPUs are expected to free.")
     ready: bool = True
     cached_models: list[str] = Field(default_factory=list)
     resident_models: list[str] = Field(default_factory=list)
@@ -97,10 +107,10 @@ class NodeInfo(_Model):
     disk_gb: float | None = Field(default=None, gt=0)
 
 
-class PlanRequest(_Model):
+class PlanRequest(_Request):
     jobs: list[JobRequest] = Field(max_length=1024)
     nodes: list[NodeInfo] = Field(max_length=4096)
-    now: float | None = Field(default=None, ge=0, description="Unix time of the snapshot; default: the server's clock.")
+    now: UnixTime | None = Field(default=None, description="Unix time of the snapshot; default: the server's clock.")
 
 
 class JobDecision(_Model):

@@ -231,6 +231,6 @@ def _layout(snap: Snapshot) -> tuple[object, ...]:
 
 def reference_steps(snap: Snapshot, j: int, default_steps: int = DEFAULT_STEPS) -> int:
     """Steps at which placements are compared: the most the job allows if it has a deadline."""
-    if np.isinf(snap.job_deadline_s[j]):
+    if np.isposinf(snap.job_deadline_s[j]):  # as the kernel tests it (== inf)
         return physics.default_steps_of(snap, j, default_steps)
     return int(snap.job_steps_max[j])

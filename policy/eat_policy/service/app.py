@@ -7,11 +7,14 @@ Run it with ``eat-policy serve`` (or ``uvicorn eat_policy.service.app:app``); co
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -31,6 +34,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(title="EAT policy service", version=__version__, lifespan=lifespan,
               description="Plans AIGC jobs onto GPU nodes: patches, nodes, steps, with reasons.")
+
+
+@app.exception_handler(RequestValidationError)
+async def unprocessable(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, but a non-finite number the errors echo is written as a string: JSON has
+    no NaN or Infinity, and the default answer would fail to encode it (a 500)."""
+    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def get_planner(request: Request) -> Planner:

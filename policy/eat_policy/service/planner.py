@@ -1,7 +1,9 @@
 """The planner the app serves: the learned policy if its checkpoint loads, else the fallback.
 
 Loading happens once, in the app's lifespan. Every request gets a fresh plan; a learned
-policy that fails on a request is replaced by the fallback for that request only.
+policy that fails on a request is replaced by the fallback for that request only. The
+policies keep state while they plan a request (and uvicorn runs requests on a thread pool),
+so one request plans at a time; Prometheus is read outside that lock.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +44,7 @@ class Planner:
     learned_version: str = ""
     load_error: str | None = None
     metrics_client: prometheus.Client | None = None
+    _deciding: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Planner":
@@ -79,7 +83,8 @@ class Planner:
         live = self.live_metrics()
         s = self.settings
         planned = requests.build(req, now, s.window, live.nodes, s.busy_guess_s, s.gpu_saturated_util)
-        plan, info = self._decide(planned)
+        with self._deciding:
+            plan, info = self._decide(planned)
         decisions = planning.to_decisions(planned, plan)
         for d in decisions:
             telemetry.decisions.labels(info.name, d.action).inc()

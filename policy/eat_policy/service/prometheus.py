@@ -48,11 +48,11 @@ class Client:
         self.staleness_s = staleness_s
         self.node_label = dcgm_node_label
         self.http = httpx.Client(timeout=timeout_s)
-        self._deadline = 0.0
 
-    def query(self, promql: str) -> list[dict]:  # type: ignore[type-arg]
-        """One instant query, within what is left of the fetch's time budget."""
-        left = self._deadline - time.perf_counter()
+    def query(self, promql: str, deadline: float) -> list[dict]:  # type: ignore[type-arg]
+        """One instant query, within what is left of the fetch's time budget (until ``deadline``,
+        a ``time.perf_counter`` reading)."""
+        left = deadline - time.perf_counter()
         if left <= 0:
             raise PrometheusError(f"timed out: queries took over {self.timeout_s} s")
         try:
@@ -64,14 +64,14 @@ class Client:
             raise PrometheusError(f"HTTP {r.status_code}: {body.get('error', 'query failed')}")
         return body["data"]["result"]  # type: ignore[no-any-return]
 
-    def fresh(self, metric: str) -> tuple[list[tuple[dict[str, str], float]], set[str]]:
+    def fresh(self, metric: str, deadline: float) -> tuple[list[tuple[dict[str, str], float]], set[str]]:
         """Series of ``metric`` with their values, dropping samples older than the limit.
 
         Returns the fresh (labels, value) pairs and the nodes that only had stale samples.
         """
         now = time.time()
-        series = self.query(metric)
-        stamps = {_key(s["metric"]): float(s["value"][1]) for s in self.query(f"timestamp({metric})")}
+        series = self.query(metric, deadline)
+        stamps = {_key(s["metric"]): float(s["value"][1]) for s in self.query(f"timestamp({metric})", deadline)}
         out, stale = [], set()
         for s in series:
             labels = s["metric"]
@@ -84,16 +84,17 @@ class Client:
 
     def fetch(self) -> Fetch:
         t0 = time.perf_counter()
-        self._deadline = t0 + self.timeout_s  # one budget for all queries of a plan
+        deadline = t0 + self.timeout_s  # one budget for all queries of a plan
         nodes: NodeMetrics = {}
         stale: set[str] = set()
         try:
-            cached, s1 = self.fresh(api.METRIC_MODEL_CACHED)
-            resident, s2 = self.fresh(api.METRIC_MODEL_RESIDENT)
-            util, s3 = self.fresh(api.DCGM_GPU_UTIL)
-        except PrometheusError as e:
-            log.warning("prometheus unavailable, planning from the request alone: %s", e)
-            return Fetch({}, str(e), [], time.perf_counter() - t0)
+            cached, s1 = self.fresh(api.METRIC_MODEL_CACHED, deadline)
+            resident, s2 = self.fresh(api.METRIC_MODEL_RESIDENT, deadline)
+            util, s3 = self.fresh(api.DCGM_GPU_UTIL, deadline)
+        except (PrometheusError, LookupError, TypeError, ValueError, AttributeError) as e:
+            why = str(e) if isinstance(e, PrometheusError) else f"malformed answer: {type(e).__name__}: {e}"
+            log.warning("prometheus unavailable, planning from the request alone: %s", why)
+            return Fetch({}, why, [], time.perf_counter() - t0)
         stale = s1 | s2 | s3
         for labels, value in cached:
             if value > 0 and "node" in labels and "model" in labels:

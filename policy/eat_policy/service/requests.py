@@ -57,6 +57,8 @@ def validate_jobs(jobs: list[api.JobRequest]) -> None:
             raise BadRequest(f"job {job.id!r}: steps_min {job.steps_min} > steps_max {job.steps_max}")
         if job.patches is not None and job.patches not in K_CHOICES:
             raise BadRequest(f"job {job.id!r}: patches must be one of {K_CHOICES}, got {job.patches}")
+        if job.patches is not None and job.max_patches is not None and job.patches > job.max_patches:
+            raise BadRequest(f"job {job.id!r}: patches {job.patches} > max_patches {job.max_patches}")
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         raise BadRequest("job ids must be unique")
@@ -74,7 +76,8 @@ def build(req: api.PlanRequest, now: float, window: int, live: prometheus.NodeMe
     if len(set(names)) != len(names):
         raise BadRequest("node names must be unique")
     jobs = sorted(req.jobs, key=lambda j: (j.arrival_time, j.id))
-    return Planned(_snapshot(req.nodes, jobs[:window], len(jobs), now, live, busy_guess_s, saturated),
+    nodes = [n for n in req.nodes if n.gpus_total > 0]  # nothing can run on the others
+    return Planned(_snapshot(nodes, jobs[:window], len(jobs), now, live, busy_guess_s, saturated),
                    jobs[:window], jobs[window:], now)
 
 

@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     """A GPU the request calls free but DCGM shows at least this busy is treated as busy."""
     dcgm_node_label: str = "Hostname"
     """Label carrying the node name on DCGM series (the exporter's default)."""
-    busy_guess_s: float = Field(default=30.0, ge=0)
-    """When a busy GPU's release time is unknown, assume it frees this far ahead."""
+    busy_guess_s: float = Field(default=30.0, gt=0)
+    """When a busy GPU's release time is unknown, assume it frees this far ahead (0 would read
+    busy GPUs as idle)."""
     reuse: int = Field(default=32, ge=1, le=1024)
     """Dispatches taken from one pass of the learned policy at the same instant before it runs
     again (1: a fresh pass per dispatch). Bounds request latency; see the README for its cost."""

@@ -69,3 +69,31 @@ def test_an_infeasible_decision_is_replaced_by_the_fallback(planner: Planner, mo
     monkeypatch.setattr(planner.learned, "decide", lambda snap: Decision(0, (0, 0), 20))
     body = planner.plan(request())
     assert body.policy.fallback and "infeasible decision" in (body.policy.fallback_reason or "")
+
+
+def test_a_node_without_gpus_is_left_out(planner: Planner) -> None:
+    req = api.PlanRequest(jobs=[api.JobRequest(**make_job())],
+                          nodes=[api.NodeInfo(**make_node("a")), api.NodeInfo(**make_node("empty", gpus=0))])
+    body = planner.plan(req)
+    assert not body.policy.fallback and [(d.action, d.nodes) for d in body.decisions] == [("dispatch", ["a"])]
+
+
+def test_concurrent_requests_get_the_plans_they_get_alone(planner: Planner) -> None:
+    """uvicorn runs requests on a thread pool, and the policies keep state while they plan: eight
+    at once used to cross plans (a job sent to another request's node) or fail with IndexError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    now = 1_800_000_000.0
+
+    def req(i: int) -> api.PlanRequest:
+        nodes = [api.NodeInfo(**make_node(f"n{n}", cached_models=["sd15"] if n == i else [])) for n in range(8)]
+        return api.PlanRequest(jobs=[api.JobRequest(**make_job(id=f"ns/j{i}", now=now))], nodes=nodes, now=now)
+
+    def decisions(i: int) -> list[tuple[str, str, list[str]]]:
+        return [(d.job, d.action, d.nodes) for d in planner.plan(req(i)).decisions]
+
+    alone = [decisions(i) for i in range(8)]
+    assert all(plan_ == [(f"ns/j{i}", "dispatch", [f"n{i}"])] for i, plan_ in enumerate(alone))  # the warm node
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(decisions, [i % 8 for i in range(160)]))
+    assert together == [alone[i % 8] for i in range(160)]

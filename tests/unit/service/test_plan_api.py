@@ -1,5 +1,6 @@
 """POST /v1/plan over HTTP (in-process), health endpoints and bad input."""
 
+import json
 import time
 
 import pytest
@@ -75,8 +76,9 @@ def test_jobs_beyond_the_window_wait_and_are_not_lost(client_with) -> None:  # t
     (lambda j, n: j.update(model="flux"), "unknown model 'flux'"),
     (lambda j, n: j.update(steps_min=30, steps_max=10), "steps_min 30 > steps_max 10"),
     (lambda j, n: j.update(patches=3), "patches must be one of"),
+    (lambda j, n: j.update(patches=8, max_patches=2), "patches 8 > max_patches 2"),
     (lambda j, n: n.append(dict(n[0])), "node names must be unique"),
-], ids=["unknown-model", "steps-range", "patches", "duplicate-node"])
+], ids=["unknown-model", "steps-range", "patches", "patches-above-max", "duplicate-node"])
 def test_unplannable_requests_get_422_with_the_reason(client, mutate, message) -> None:  # type: ignore[no-untyped-def]
     job, nodes = make_job(), [make_node("a")]
     mutate(job, nodes)
@@ -90,9 +92,17 @@ def test_unplannable_requests_get_422_with_the_reason(client, mutate, message) -
     {"jobs": [dict(make_job(), width=7)], "nodes": []},
     {"jobs": [dict(make_job(), prompt="x" * 100_000)], "nodes": []},
     {"jobs": "many", "nodes": []},
-], ids=["missing-fields", "unknown-field", "width-7", "unknown-big-field", "wrong-type"])
+    {"jobs": [make_job()], "nodes": [make_node("a")], "now": float("inf")},
+    {"jobs": [make_job()], "nodes": [make_node("a")], "now": 1e308},
+    {"jobs": [make_job(deadline_s=1e307)], "nodes": [make_node("a")]},
+    {"jobs": [make_job(arrival_time=float("nan"))], "nodes": [make_node("a")]},
+    {"jobs": [make_job()], "nodes": [make_node("a", gpus=2, free=1, gpu_free_at=[float("nan")])]},
+], ids=["missing-fields", "unknown-field", "width-7", "unknown-big-field", "wrong-type", "now-infinite",
+        "now-huge", "deadline-huge", "arrival-nan", "free-at-nan"])
 def test_malformed_requests_get_422(client, bad) -> None:  # type: ignore[no-untyped-def]
-    assert client.post("/v1/plan", json=bad).status_code == 422
+    """Non-finite or absurd times included: an infinite ``now`` used to spin a worker forever."""
+    r = client.post("/v1/plan", content=json.dumps(bad), headers={"content-type": "application/json"})
+    assert r.status_code == 422
 
 
 def test_not_json_gets_422(client) -> None:  # type: ignore[no-untyped-def]
@@ -129,3 +139,25 @@ def test_prometheus_down_plans_from_the_request_alone(client_with) -> None:  # t
     body = plan(client, [make_job()], [make_node("a")])
     assert body["decisions"][0]["action"] == "dispatch"
     assert body["metrics"]["used"] is False and "ConnectError" in body["metrics"]["error"]
+
+
+@pytest.mark.parametrize("answer", [
+    [], {"status": "success"}, {"status": "success", "data": {"result": [{"metric": {}, "value": [1, "x"]}]}},
+], ids=["a-list", "no-data", "not-a-number"])
+def test_a_malformed_prometheus_answer_plans_from_the_request_alone(client_with, answer) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    client = client_with(prometheus_url="http://prometheus:9090")
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    client.app.state.planner.metrics_client.http = httpx.Client(transport=transport)
+    body = plan(client, [make_job()], [make_node("a")])
+    assert body["decisions"][0]["action"] == "dispatch"
+    assert body["metrics"]["used"] is False and "malformed answer" in body["metrics"]["error"]
+
+
+def test_busy_guess_must_be_positive() -> None:
+    """0 would give busy GPUs of unknown release a release time of now: idle, and planned twice."""
+    from eat_policy.service.settings import Settings
+
+    with pytest.raises(ValueError, match="busy_guess_s"):
+        Settings(busy_guess_s=0)
