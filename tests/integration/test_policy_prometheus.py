@@ -124,6 +124,20 @@ def test_plan_follows_live_metrics(exporter: Exporter, prometheus: str) -> None:
     resident = planner.plan(api.PlanRequest(jobs=[sdxl_job()], nodes=two_nodes()))
     assert resident.decisions[0].nodes == ["n1"] and resident.decisions[0].cache == "resident"
 
+    # DCGM numbers GPUs its own way: the saturated one on a node with one of two GPUs busy is
+    # that busy GPU, not the free one (the request cannot say which it is)
+    exporter.util.labels("n3", "0").set(100)
+    exporter.util.labels("n3", "1").set(0)
+    wait_for(lambda: scraped(prometheus, f'{api.DCGM_GPU_UTIL}{{Hostname="n3",gpu="0"}}', 100), what="util scraped")
+    half = api.NodeInfo(name="n3", gpu_product="NVIDIA-A100-SXM4-80GB", gpus_total=2, gpus_free=1,
+                        gpu_free_at=[time.time() + 60])
+    ours = planner.plan(api.PlanRequest(jobs=[sdxl_job()], nodes=[half]))
+    assert ours.decisions[0].action == "dispatch" and ours.decisions[0].nodes == ["n3"]
+    exporter.util.labels("n3", "1").set(100)  # now both are saturated: one by work we did not place
+    wait_for(lambda: scraped(prometheus, f'{api.DCGM_GPU_UTIL}{{Hostname="n3",gpu="1"}}', 100), what="util scraped")
+    full = planner.plan(api.PlanRequest(jobs=[sdxl_job()], nodes=[half]))
+    assert full.decisions[0].action == "wait"
+
 
 def test_service_over_http_reports_prometheus_use(prometheus: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EAT_POLICY_PROMETHEUS_URL", prometheus)

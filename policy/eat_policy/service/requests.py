@@ -111,12 +111,14 @@ def _snapshot(nodes: list[api.NodeInfo], jobs: list[api.JobRequest], queue_len: 
             if model in model_index:
                 resident[own, model_index[model]] = True
         if seen:
-            for gpu, value in seen.gpu_util.items():
-                if 0 <= gpu < node.gpus_total:
-                    g = own[gpu]
-                    util[g] = max(util[g], value)
-                    if value >= saturated and free_at[g] <= 0:
-                        free_at[g] = busy_guess_s  # busy with work we did not place
+            # DCGM's GPU indices are not the request's (its busy GPUs are placed last above): the
+            # busy ones take the highest readings, so only saturation beyond them marks more.
+            readings = sorted((v for gpu, v in seen.gpu_util.items() if 0 <= gpu < node.gpus_total), reverse=True)
+            by_load = np.concatenate([own[node.gpus_total - busy:], own[: node.gpus_total - busy]])
+            for g, value in zip(by_load, readings):
+                util[g] = max(util[g], value)
+                if value >= saturated and free_at[g] <= 0:
+                    free_at[g] = busy_guess_s  # busy with work we did not place
         first += node.gpus_total
     speed = np.array([t.speed for t in types])
     return Snapshot(
