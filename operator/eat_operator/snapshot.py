@@ -110,6 +110,9 @@ class ClusterSnapshot:
     pods_by_job: Mapping[tuple[str, str], tuple[PodView, ...]]
     other_pods: tuple[PodView, ...]
     """GPU pods that belong to no AIGCJob (they still hold GPUs)."""
+    ready_unselected: frozenset[str] = frozenset()
+    """Ready nodes outside the node selector: offered no work, but what is bound there runs on
+    (a node selector binds at scheduling time only)."""
 
     def pods_of(self, job: JobView) -> tuple[PodView, ...]:
         return self.pods_by_job.get(job.key, ())
@@ -291,10 +294,13 @@ def build(nodes: Iterable[Obj], pods: Iterable[Obj], jobs: Iterable[Obj], now: f
     selector = node_selector or {}
     views = cache or ViewCache()
     node_views = {}
+    ready_unselected = set()
     for n in nodes:
+        v = views.view(n, lambda o: node_view(o, tol))
         if _matches((n.get("metadata") or {}).get("labels") or {}, selector):
-            v = views.view(n, lambda o: node_view(o, tol))
             node_views[v.name] = v
+        elif v.ready:
+            ready_unselected.add(v.name)
     job_views: dict[tuple[str, str], JobView] = {}
     for j in jobs:
         jv = views.view(j, job_view)
@@ -320,5 +326,5 @@ def build(nodes: Iterable[Obj], pods: Iterable[Obj], jobs: Iterable[Obj], now: f
         now=now, nodes=node_views, jobs=job_views,
         pods_by_job={k: tuple(sorted(v, key=lambda p: (p.rank if p.rank is not None else -1, p.name)))
                      for k, v in by_job.items()},
-        other_pods=tuple(others),
+        other_pods=tuple(others), ready_unselected=frozenset(ready_unselected),
     )

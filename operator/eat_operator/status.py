@@ -198,7 +198,7 @@ def leftovers(job: snapshot.JobView, snap: snapshot.ClusterSnapshot) -> tuple[st
 
 def _node_lost(snap: snapshot.ClusterSnapshot, name: str) -> bool:
     view = snap.nodes.get(name)
-    return view is None or not view.ready
+    return not view.ready if view is not None else name not in snap.ready_unselected
 
 
 def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
@@ -236,6 +236,8 @@ def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: setting
             continue
         where = member.node if member is not None and member.node else node
         view = snap.nodes.get(where)
+        if view is None and member is not None and member.node and where in snap.ready_unselected:
+            continue  # its node lost our labels after it was bound: it runs on
         if view is None or not view.ready:
             state = "is gone" if view is None else "is not Ready"
             return _teardown(job, snap, s, live, failure=False, reason="NodeLost",

@@ -182,6 +182,20 @@ def test_pods_on_a_lost_node_are_removed_without_grace(settings) -> None:  # typ
     assert s.force_delete == ("j-0",) and not s.delete
 
 
+def test_a_node_that_loses_the_selector_labels_keeps_what_is_bound_to_it(settings) -> None:  # type: ignore[no-untyped-def]
+    """Relabelled, not lost: a running group carries on (nothing is force-deleted from a Ready
+    node); a rank not bound yet cannot go there any more, so the job is planned again."""
+    selected = settings.model_copy(update={"node_selector": {"pool": "eat"}})
+    nodes = [node("a", labels={"pool": "eat"}), node("b")]
+    running = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1, node="b", phase="Running")]
+    snap = snapshot.build(nodes, running, [job(status=active_status("Running", ["a", "b"]))], T0 + 5, {"pool": "eat"})
+    assert status.reconcile(snap.jobs[("ns", "j")], snap, selected, "o").empty
+    unbound = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1)]
+    snap = snapshot.build(nodes, unbound, [job(status=active_status("Scheduling", ["a", "b"]))], T0 + 5, {"pool": "eat"})
+    s = status.reconcile(snap.jobs[("ns", "j")], snap, selected, "o")
+    assert s.retried == "NodeLost" and not s.force_delete and set(s.delete) == {"j-0", "j-1"}
+
+
 def test_unschedulable_past_timeout_rests_the_nodes_that_kept_it(settings) -> None:  # type: ignore[no-untyped-def]
     pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1)]
     s = step(settings, active_status("Scheduling", ["a", "b"]), pods, now=T0 + 31)
