@@ -2,8 +2,9 @@
 
 Every replica runs kopf's watch streams (they only fill the read cache); writes come from
 the dispatcher alone, so one Lease decides which replica writes. A leader renews every
-third of the lease duration; a replica takes over only after the holder stopped renewing
-for a whole duration. The identity is the pod name, so a container restarted in the same
+third of the lease duration and steps down when a renewal fails or has not answered within
+two thirds of it (client-go's renew deadline), before another replica may take over: that
+happens only after the holder stopped renewing for a whole duration. The identity is the pod name, so a container restarted in the same
 pod (kill -9, OOM) takes its Lease back at once instead of waiting for it to expire.
 """
 
@@ -36,7 +37,10 @@ class Leadership:
             return
         while True:
             try:
-                held = await self.try_acquire(time.time())
+                held = await asyncio.wait_for(self.try_acquire(time.time()), self.duration_s * 2 / 3)
+            except asyncio.TimeoutError:
+                log.warning("lease %s: no answer within %.1f s", self._name, self.duration_s * 2 / 3)
+                held = False
             except (kube.ApiError, OSError, ValueError) as e:
                 log.warning("lease %s: %s", self._name, e)
                 held = False
