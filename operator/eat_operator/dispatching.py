@@ -292,7 +292,13 @@ class Dispatcher:
             await _gather([self.execute(j, self._pending(j, snap.now, "no free GPU in the cluster"))
                            for j, _ in batch])
             return -1
-        outcome = await self.policy.plan(plan_request(batch, nodes, snap.now, self.models))
+        try:
+            outcome = await self.policy.plan(plan_request(batch, nodes, snap.now, self.models))
+        except ValueError as e:  # a request the planner refuses (422) and the spec checks let through
+            log.error("a batch of %d jobs cannot be planned: %s", len(batch), e)
+            await _gather([self.execute(j, self._pending(j, snap.now, f"cannot be planned: {e}"[:400]))
+                           for j, _ in batch])
+            return 0
         by_id = {spec_mod.job_id(j.namespace, j.name): (j, sp) for j, sp in batch}
         work, dispatched = [], 0
         for d in outcome.response.decisions:

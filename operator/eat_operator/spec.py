@@ -35,7 +35,7 @@ class JobSpec(BaseModel):
     steps_max: int | None = Field(default=None, alias="stepsMax", ge=1, le=200)
     guidance_scale: float | None = Field(default=None, alias="guidanceScale", ge=0, le=50)
     seed: int | None = Field(default=None, ge=0)
-    deadline_seconds: float | None = Field(default=None, alias="deadlineSeconds", gt=0)
+    deadline_seconds: float | None = Field(default=None, alias="deadlineSeconds", gt=0, le=api.LATEST_TIME)
     priority: int = 0
     output_location: str | None = Field(default=None, alias="outputLocation", max_length=1024,
                                         pattern=api.OUTPUT_LOCATION_PATTERN)
@@ -81,6 +81,8 @@ def parse(body: dict[str, Any], models: dict[str, tuple[int, int]]) -> JobSpec:
                                           f"known models: {', '.join(sorted(models))}")
     if spec.patches is not None and spec.patches not in (1, 2, 4, 8):
         raise InvalidSpec("InvalidSpec", f"spec.patches must be 1, 2, 4 or 8, got {spec.patches}")
+    if spec.patches is not None and spec.max_patches is not None and spec.patches > spec.max_patches:
+        raise InvalidSpec("InvalidSpec", f"spec.patches {spec.patches} exceeds spec.maxPatches {spec.max_patches}")
     return spec
 
 

@@ -121,6 +121,25 @@ def test_jobs_the_policy_holds_do_not_keep_the_ones_behind_them_waiting(settings
     assert [_status(fake, f"big{i}")["reason"] for i in range(2)] == ["Held", "Held"]
 
 
+def test_a_batch_the_planner_refuses_waits_with_the_reason_and_the_dispatcher_goes_on(settings) -> None:  # type: ignore[no-untyped-def]
+    """A 422 and then the in-process planner's refusal used to end the dispatcher task, and with it
+    the operator (and again after each restart)."""
+    from eat_policy.service.requests import BadRequest
+
+    class Refusing:
+        async def plan(self, req: api.PlanRequest) -> dispatching.PlanOutcome:
+            raise BadRequest(f"job {req.jobs[0].id!r}: something the operator did not check")
+
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    fake.put(_url(api.CRD_PLURAL, "a"), job("a"))
+    d = _dispatcher(fake, settings)
+    d.policy = Refusing()  # type: ignore[assignment]
+    asyncio.run(d.cycle())
+    st = _status(fake, "a")
+    assert st["phase"] == "Pending" and "cannot be planned: job 'ns/a': something" in st["message"]
+
+
 def test_a_higher_priority_job_gets_the_gpu_before_an_older_one(settings) -> None:  # type: ignore[no-untyped-def]
     """The policy orders the jobs it is shown by deadline and age: each batch holds one priority."""
     fake = FakeApi()
