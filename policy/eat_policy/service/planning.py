@@ -50,7 +50,7 @@ def plan_snapshot(snap: Snapshot, policy: base.Policy, strict: bool) -> Plan:
     out: list[Dispatch] = []
     rows = list(range(snap.n_jobs))  # original row of each job still queued
     policy.reset(0)
-    while snap.n_jobs:
+    while snap.n_jobs and len(snap.idle_gpus()):  # with no idle GPU, waiting is all any policy can do
         try:
             d = policy.decide(snap)
         except Exception as e:  # a learned policy's bug must not take the service down

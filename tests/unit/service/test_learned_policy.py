@@ -97,3 +97,12 @@ def test_concurrent_requests_get_the_plans_they_get_alone(planner: Planner) -> N
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(decisions, [i % 8 for i in range(160)]))
     assert together == [alone[i % 8] for i in range(160)]
+
+
+def test_with_no_idle_gpu_the_policy_is_not_asked(planner: Planner) -> None:
+    """Nothing can be dispatched, so every job waits and no fallback is counted (the learned
+    policy used to divide by zero on a cluster without GPUs and fall back)."""
+    for nodes in ([], [make_node("full", gpus=2, free=0)], [make_node("empty", gpus=0)]):
+        body = planner.plan(api.PlanRequest(jobs=[api.JobRequest(**make_job())], nodes=[api.NodeInfo(**n) for n in nodes]))
+        assert not body.policy.fallback and body.policy.name == "eat"
+        assert [d.action for d in body.decisions] == ["wait"] and body.decisions[0].reason
