@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     unschedulable_timeout_s: float = Field(default=60.0, gt=0)
     """A group not fully bound this long after its gate was lifted is torn down and re-planned;
     one whose pods the API server still refuses this long after planning fails the attempt."""
+    node_not_ready_grace_s: float = Field(default=40.0, ge=0)
+    """A node NotReady for less than this is not lost yet: the groups bound to it are left
+    alone, since a kubelet's brief silence (a restart, a network blip) must not kill them; it is
+    offered no new work meanwhile. (kube-controller-manager takes 40 s of silence to mark a
+    node NotReady, and evicts its pods 5 minutes after that.)"""
     unschedulable_rest_s: float = Field(default=120.0, ge=0)
     """After that timeout, the nodes that kept the pods unbound are offered to no plan for
     this long: what kept the pods off them (CPU, memory, pod slots, affinity) is not in the

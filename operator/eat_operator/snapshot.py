@@ -38,6 +38,9 @@ class NodeView:
     """Not cordoned and no taint our pods do not tolerate."""
     gpu_product: str = ""
     cached_models: tuple[str, ...] = ()
+    not_ready_since: float | None = None
+    """When a node that is not Ready stopped being so (its Ready condition's last transition),
+    if it says."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +240,8 @@ def node_view(node: Obj, tolerations: Iterable[Obj] = ()) -> NodeView:
     meta = node.get("metadata") or {}
     spec = node.get("spec") or {}
     st = node.get("status") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+    condition = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+    ready = condition.get("status") == "True"
     taints = [t for t in spec.get("taints") or [] if t.get("effect") in ("NoSchedule", "NoExecute")]
     tol = list(tolerations)
     schedulable = not spec.get("unschedulable") and all(_tolerated(t, tol) for t in taints)
@@ -247,6 +251,7 @@ def node_view(node: Obj, tolerations: Iterable[Obj] = ()) -> NodeView:
         name=str(meta.get("name") or ""), gpus_total=gpus, ready=ready, schedulable=schedulable,
         gpu_product=str((meta.get("labels") or {}).get(api.GPU_PRODUCT_LABEL) or ""),
         cached_models=tuple(m for m in (s.strip() for s in cached.split(",")) if m),
+        not_ready_since=None if ready else kube.parse_time(condition.get("lastTransitionTime")),
     )
 
 

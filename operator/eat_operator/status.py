@@ -179,11 +179,12 @@ def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings
     that has leftover pods. Planning itself is ``dispatching``'s business. ``create_error``:
     why the API server last refused one of its pods, or why its Service cannot be made, if so.
 
-    Pods on a lost node (gone or not Ready) are removed with grace period 0, those being
-    deleted already included: otherwise they would hold their names, and the job its next
-    plan, until the pod garbage collector or a returning kubelet let go of them."""
+    Pods on a lost node (gone, or not Ready for ``node_not_ready_grace_s``) are removed with
+    grace period 0, those being deleted already included: otherwise they would hold their
+    names, and the job its next plan, until the pod garbage collector or a returning kubelet
+    let go of them."""
     step = _next_step(job, snap, s, output, create_error)
-    lost = {p.name for p in snap.pods_of(job) if p.node and _node_lost(snap, p.node)}
+    lost = {p.name for p in snap.pods_of(job) if p.node and _node_lost(snap, p.node, s)}
     if not lost:
         return step
     stuck = tuple(p.name for p in snap.pods_of(job) if p.deleting and p.name in lost)
@@ -196,9 +197,17 @@ def leftovers(job: snapshot.JobView, snap: snapshot.ClusterSnapshot) -> tuple[st
     return tuple(p.name for p in snap.pods_of(job) if not p.deleting and not p.terminated)
 
 
-def _node_lost(snap: snapshot.ClusterSnapshot, name: str) -> bool:
+def _node_lost(snap: snapshot.ClusterSnapshot, name: str, s: settings_mod.Settings) -> bool:
     view = snap.nodes.get(name)
-    return not view.ready if view is not None else name not in snap.ready_unselected
+    if view is None:
+        return name not in snap.ready_unselected
+    return not view.ready and _not_ready_past_grace(view, snap.now, s)
+
+
+def _not_ready_past_grace(view: snapshot.NodeView, now: float, s: settings_mod.Settings) -> bool:
+    """NotReady for ``node_not_ready_grace_s`` or more (or for how long it does not say)."""
+    since = view.not_ready_since
+    return since is None or now - since >= s.node_not_ready_grace_s
 
 
 def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
@@ -238,6 +247,8 @@ def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: setting
         view = snap.nodes.get(where)
         if view is None and member is not None and member.node and where in snap.ready_unselected:
             continue  # its node lost our labels after it was bound: it runs on
+        if view is not None and not view.ready and not _not_ready_past_grace(view, now, s):
+            continue  # maybe a blip: it may come back
         if view is None or not view.ready:
             state = "is gone" if view is None else "is not Ready"
             return _teardown(job, snap, s, live, failure=False, reason="NodeLost",

@@ -112,7 +112,7 @@ def plan_onto_first_node(cluster: Cluster, namespace: str, op: testing.OperatorP
 def test_node_lost_while_the_group_runs_replans_elsewhere(cluster: Cluster, namespace: str, nodes: list[str],
                                                           start_operator: OperatorFactory, fail: str) -> None:
     first = add_node(cluster, namespace, nodes, "a", kubelet=False)  # its pods are bound, then never finish
-    op = start_operator()
+    op = start_operator(node_not_ready_grace_s="2")
     plan_onto_first_node(cluster, namespace, op, first, {"Running"})
     good = add_node(cluster, namespace, nodes, "b")
     if fail == "deleted":

@@ -6,7 +6,7 @@ from tests.unit.operator.builders import T0, active_status, job, node, pod
 
 from eat_policy import api
 
-from eat_operator import snapshot, status
+from eat_operator import kube, snapshot, status
 
 
 def step(settings, st, pods=(), nodes=("a", "b"), now=T0 + 5, create_error=None, **kw):  # type: ignore[no-untyped-def]
@@ -170,6 +170,20 @@ def test_planned_node_that_can_no_longer_take_its_rank_replans_at_once(settings)
     snap = snapshot.build([node("a", gpus=1)], [], [job(status=active_status("Planned", ["a", "a"]))], T0 + 5)
     s = status.reconcile(snap.jobs[("ns", "j")], snap, settings, "o")
     assert s.retried == "NodeUnschedulable" and "has 1 GPUs; the plan puts 2 ranks on it" in s.status["message"]
+
+
+def test_a_node_not_ready_for_less_than_the_grace_keeps_its_groups(settings) -> None:  # type: ignore[no-untyped-def]
+    """A kubelet's brief silence: nothing is torn down or force-deleted until the grace is over."""
+    pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1, node="b", phase="Running")]
+    silent = node("b", ready=False)
+    silent["status"]["conditions"][0]["lastTransitionTime"] = kube.now_rfc3339(T0)
+    j = job(status=active_status("Running", ["a", "b"]))
+    grace = settings.node_not_ready_grace_s
+    snap = snapshot.build([node("a"), silent], pods, [j], T0 + grace - 1)
+    assert status.reconcile(snap.jobs[("ns", "j")], snap, settings, "o").empty
+    snap = snapshot.build([node("a"), silent], pods, [j], T0 + grace)
+    s = status.reconcile(snap.jobs[("ns", "j")], snap, settings, "o")
+    assert s.retried == "NodeLost" and "not Ready" in s.status["message"] and s.force_delete == ("j-1",)
 
 
 def test_pods_on_a_lost_node_are_removed_without_grace(settings) -> None:  # type: ignore[no-untyped-def]
