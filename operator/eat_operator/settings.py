@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     """Re-plans for causes that are not the job's fault (unschedulable, node lost)."""
     unschedulable_timeout_s: float = Field(default=60.0, gt=0)
     """A group not fully bound this long after its gate was lifted is torn down and re-planned;
-    one whose pods the API server still refuses this long after planning fails the attempt."""
+    one whose pods the API server still refuses this long after planning, or one with a member
+    whose container still cannot start (image pull, configuration) this long after binding,
+    fails the attempt."""
     node_not_ready_grace_s: float = Field(default=40.0, ge=0)
     """A node NotReady for less than this is not lost yet: the groups bound to it are left
     alone, since a kubelet's brief silence (a restart, a network blip) must not kill them; it is

@@ -62,6 +62,9 @@ class PodView:
     reason: str = ""
     message: str = ""
     unschedulable: bool = False
+    cannot_start: str = ""
+    """Why a container of it waits for something that will not come by itself (a bad image, a
+    missing Secret): ``<reason>: <message>``; empty otherwise."""
 
     @property
     def terminated(self) -> bool:
@@ -209,11 +212,15 @@ def pod_view(pod: Obj) -> PodView:
     conds = {c.get("type"): c for c in st.get("conditions") or []}
     sched = conds.get("PodScheduled") or {}
     reason, message = str(st.get("reason") or ""), str(st.get("message") or "")
+    cannot_start = ""
     for cs in st.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if term and term.get("exitCode"):
             reason = reason or str(term.get("reason") or "")
             message = message or str(term.get("message") or f"exit code {term.get('exitCode')}")
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CANNOT_START and not cannot_start:
+            cannot_start = f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
     return PodView(
         namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""),
         job=labels.get(api.LABEL_POD_GROUP), rank=_int(labels.get(api.LABEL_RANK)),
@@ -222,7 +229,13 @@ def pod_view(pod: Obj) -> PodView:
         deleting=bool(meta.get("deletionTimestamp")), gpus=gpu_request(pod),
         model=(meta.get("annotations") or {}).get(api.ANNOTATION_MODEL), reason=reason, message=message,
         unschedulable=sched.get("status") == "False" and sched.get("reason") == "Unschedulable",
+        cannot_start=cannot_start,
     )
+
+
+CANNOT_START = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                          "CreateContainerError"})
+"""Container waiting reasons that last until someone fixes the pod's image or configuration."""
 
 
 def _tolerated(taint: Obj, tolerations: Iterable[Obj]) -> bool:

@@ -239,6 +239,12 @@ def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: setting
         why = (f"pod {first.name} failed" + (f": {first.reason}" if first.reason else "")
                + (f" ({first.message})" if first.message else ""))
         return _teardown(job, snap, s, live, failure=True, reason="MemberFailed", message=why)
+    blocked = [p for p in current.values() if p.cannot_start]
+    running_since = kube.parse_time((job.status.get("timestamps") or {}).get("running"))
+    if blocked and phase == "Running" and running_since is not None and \
+            now - running_since > s.unschedulable_timeout_s:
+        return _teardown(job, snap, s, live, failure=True, reason="MemberCannotStart",
+                         message=f"pod {blocked[0].name} cannot start: {blocked[0].cannot_start}")
     for rank, node in enumerate(nodes):
         member = current.get(rank)
         if member is not None and member.phase == "Succeeded":

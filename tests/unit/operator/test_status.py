@@ -186,6 +186,23 @@ def test_a_node_not_ready_for_less_than_the_grace_keeps_its_groups(settings) -> 
     assert s.retried == "NodeLost" and "not Ready" in s.status["message"] and s.force_delete == ("j-1",)
 
 
+def test_a_member_whose_image_cannot_be_pulled_fails_the_attempt_with_why(settings) -> None:  # type: ignore[no-untyped-def]
+    """It would otherwise hold its GPUs, Running, for ever; a member still pulling is left alone."""
+    stuck = pod("j-1", rank=1, node="b", phase="Pending")
+    stuck["status"]["containerStatuses"] = [{"name": "c", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": 'Back-off pulling image "eat/infer:nope"'}}}]
+    pulling = pod("j-1", rank=1, node="b", phase="Pending")
+    pulling["status"]["containerStatuses"] = [{"name": "c", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    running = active_status("Running", ["a", "b"], timestamps={"running": kube.now_rfc3339(T0)})
+    first = pod("j-0", rank=0, node="a", phase="Running")
+    timeout = settings.unschedulable_timeout_s
+    assert step(settings, running, [first, stuck], now=T0 + timeout - 1).empty
+    assert step(settings, running, [first, pulling], now=T0 + timeout + 1).empty
+    s = step(settings, running, [first, stuck], now=T0 + timeout + 1)
+    assert s.retried == "MemberCannotStart" and s.status["failures"] == 1 and set(s.delete) == {"j-0", "j-1"}
+    assert 'pod j-1 cannot start: ImagePullBackOff: Back-off pulling image "eat/infer:nope"' in s.status["message"]
+
+
 def test_pods_on_a_lost_node_are_removed_without_grace(settings) -> None:  # type: ignore[no-untyped-def]
     pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1, node="b", phase="Running")]
     s = step(settings, active_status("Running", ["a", "b"]), pods, nodes=("a",))
