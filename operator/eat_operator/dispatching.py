@@ -6,8 +6,9 @@ A cycle: take a ``ClusterSnapshot`` of the read cache; reconcile each job past P
 then send the oldest pending jobs (by priority) with the nodes' free GPUs to ``POST /v1/plan``
 and act on each decision: write the plan to status, then create the group; the next batch
 takes the pending jobs after those, so jobs the policy holds (too big for the free GPUs, say)
-do not keep the ones behind them from being planned. When the policy service cannot answer in time the same planner code
-runs in-process (``eat_policy.service.planner``), and the plan says so.
+do not keep the ones behind them from being planned. When the policy service cannot answer
+in time the same planner code runs in-process (``eat_policy.service.planner``), and the plan
+says so.
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ class Dispatcher:
         """Per job: the attempt and why the API server last refused one of its pods (cleared by a creation)."""
         """Node → until when it is not offered to the policy (``Step.rest_nodes``)."""
         self._services: set[tuple[str, str, str]] = set()
-        self._service_taken: dict[tuple[str, str], str] = {}
-        """Per job: why its Service's name is taken by another's (its gates stay on meanwhile)."""
+        self._service_refused: dict[tuple[str, str], str] = {}
+        """Per job: why its Service could not be made (its gates stay on meanwhile)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._building: dict[tuple[str, str], asyncio.Task[None]] = {}
         """Jobs whose group is being created now; the next batch plans meanwhile."""
@@ -225,7 +226,7 @@ class Dispatcher:
         self._gauges(snap)
         self._create_errors = {k: v for k, v in self._create_errors.items() if k in snap.jobs}
         self._services = {k for k in self._services if k[:2] in snap.jobs and snap.jobs[k[:2]].uid == k[2]}
-        self._service_taken = {k: v for k, v in self._service_taken.items() if k in snap.jobs}
+        self._service_refused = {k: v for k, v in self._service_refused.items() if k in snap.jobs}
         work = []
         for job in snap.jobs.values():
             if job.deleting or job.phase == "Succeeded" or (job.phase == "Pending" and not snap.pods_of(job)):
@@ -241,7 +242,7 @@ class Dispatcher:
                 if not invalid.empty:
                     work.append(self.execute(job, invalid))
                 continue
-            refused = self._create_errors.get(job.key, (0, None))[1] or self._service_taken.get(job.key)
+            refused = self._create_errors.get(job.key, (0, None))[1] or self._service_refused.get(job.key)
             step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s), refused)
             if not step.empty:
                 work.append(self.execute(job, step, spec))
@@ -454,6 +455,7 @@ class Dispatcher:
             if e.status != 409:
                 metrics.api_errors.labels("create_service").inc()
                 log.warning("service %s/%s: %s", job.namespace, job.name, e)
+                self._service_refused_because(job, f"service {job.name}: {e}")
                 return
             try:  # ours, or a deleted job's of the same name that the garbage collector has yet to remove?
                 existing = await self.client.request("GET", f"{url}/{job.name}")
@@ -461,13 +463,17 @@ class Dispatcher:
                 return
             owners = {o.get("uid") for o in (existing.get("metadata") or {}).get("ownerReferences") or []}
             if job.uid not in owners:
-                message = f"service {job.name}: the name is taken by a Service this job does not own"
-                if job.key not in self._service_taken:
-                    self._post_event(job, status.Event("Warning", "FailedCreate", message))
-                self._service_taken[job.key] = message
+                self._service_refused_because(
+                    job, f"service {job.name}: the name is taken by a Service this job does not own")
                 return
-        self._service_taken.pop(job.key, None)
+        self._service_refused.pop(job.key, None)
         self._services.add(key)
+
+    def _service_refused_because(self, job: snapshot.JobView, message: str) -> None:
+        """Keep the gates on and say why (one Event per job); the attempt fails after the timeout."""
+        if job.key not in self._service_refused:
+            self._post_event(job, status.Event("Warning", "FailedCreate", message))
+        self._service_refused[job.key] = message
 
     async def _create_pod(self, job: snapshot.JobView, manifest: Obj) -> None:
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]

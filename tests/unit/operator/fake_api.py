@@ -19,6 +19,8 @@ class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[str, Obj] = {}
         self.requests: list[tuple[str, str]] = []
+        self.refusals: dict[str, kube.ApiError] = {}
+        """Collection URL → the error every create there gets (a quota, an admission webhook)."""
         self._versions = itertools.count(100)
 
     def put(self, url: str, obj: Obj) -> Obj:
@@ -33,6 +35,8 @@ class FakeApi:
 
     async def create(self, url: str, body: Obj) -> Obj:
         self.requests.append(("POST", url))
+        if url in self.refusals:
+            raise self.refusals[url]
         if url.endswith("/events"):
             return {}
         target = f"{url}/{body['metadata']['name']}"

@@ -175,7 +175,7 @@ def test_a_service_left_by_an_earlier_job_of_the_same_name_is_not_taken_for_ours
     d = _cycle(fake, settings)
     pods = fake.under(kube.path("", "v1", "pods", "ns"))
     assert len(pods) == 2 and all(p["spec"].get("schedulingGates") for p in pods)
-    assert "taken by a Service this job does not own" in d._service_taken[("ns", "j")]
+    assert "taken by a Service this job does not own" in d._service_refused[("ns", "j")]
 
     d.clock = lambda: T0 + 90 + settings.unschedulable_timeout_s + 1  # still taken past the timeout
     for p in pods:
@@ -190,4 +190,20 @@ def test_a_service_left_by_an_earlier_job_of_the_same_name_is_not_taken_for_ours
     del fake.objects[_url("services", "j")]  # the garbage collector catches up; the job is planned again
     asyncio.run(d.cycle())
     owners = fake.objects[_url("services", "j")]["metadata"]["ownerReferences"]
-    assert [o["uid"] for o in owners] == ["uid-j"] and ("ns", "j") not in d._service_taken
+    assert [o["uid"] for o in owners] == ["uid-j"] and ("ns", "j") not in d._service_refused
+
+
+def test_a_service_the_api_server_refuses_keeps_the_gates_on_and_fails_the_attempt(settings) -> None:  # type: ignore[no-untyped-def]
+    fake = FakeApi()
+    fake.refusals[kube.path("", "v1", "services", "ns")] = kube.ApiError(403, "Forbidden", "exceeded quota: services=0")
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    fake.put(_url(api.CRD_PLURAL, "j"), job("j", status=active_status("Planned", ["a", "a"], at=T0 + 90), patches=2))
+    d = _cycle(fake, settings)
+    pods = fake.under(kube.path("", "v1", "pods", "ns"))
+    assert len(pods) == 2 and all(p["spec"].get("schedulingGates") for p in pods)
+    d.clock = lambda: T0 + 90 + settings.unschedulable_timeout_s + 1
+    for p in pods:
+        d.observe("pods", "ADDED", p)
+    asyncio.run(d.cycle())
+    st = _status(fake, "j")
+    assert st["reason"] == "GroupNotCreated" and "service j: " in st["message"] and "exceeded quota" in st["message"]
