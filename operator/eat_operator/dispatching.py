@@ -131,6 +131,22 @@ def plan_request(batch: Iterable[tuple[snapshot.JobView, spec_mod.JobSpec]], nod
     return api.PlanRequest(jobs=jobs, nodes=nodes, now=now)
 
 
+def _infeasible(d: api.JobDecision, spec: spec_mod.JobSpec, free: dict[str, int]) -> str | None:
+    """What is wrong with a dispatch decision against the GPUs offered (``free``, which it then
+    takes), or None. The policy service is ours, but the pods it places would wait for ever."""
+    ranks: dict[str, int] = {}
+    for n in d.nodes:
+        ranks[n] = ranks.get(n, 0) + 1
+    if len(d.nodes) != d.patches or (spec.patches is not None and d.patches != spec.patches):
+        return f"{d.patches} patches on {len(d.nodes)} nodes"
+    short = [n for n, k in ranks.items() if free.get(n, 0) < k]
+    if short:
+        return f"not enough free GPUs offered on {', '.join(short)}"
+    for n, k in ranks.items():
+        free[n] -= k
+    return None
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -301,12 +317,17 @@ class Dispatcher:
                            for j, _ in batch])
             return 0
         by_id = {spec_mod.job_id(j.namespace, j.name): (j, sp) for j, sp in batch}
+        free = {n.name: n.gpus_free for n in nodes if n.ready}
         work, dispatched = [], 0
         for d in outcome.response.decisions:
             if d.job not in by_id:
                 continue
             job, sp = by_id[d.job]
             metrics.decisions.labels(d.action).inc()
+            wrong = _infeasible(d, sp, free) if d.action == "dispatch" else None
+            if wrong:
+                log.error("plan for %s ignored: %s", d.job, wrong)
+                d = d.model_copy(update={"action": "wait", "reason": f"the plan was not feasible: {wrong}"})
             if d.action == "dispatch" and d.nodes:
                 dispatched += 1
                 step = status.planned(job, d, outcome.response.policy, outcome.source, outcome.fallback_reason,

@@ -207,3 +207,34 @@ def test_a_service_the_api_server_refuses_keeps_the_gates_on_and_fails_the_attem
     asyncio.run(d.cycle())
     st = _status(fake, "j")
     assert st["reason"] == "GroupNotCreated" and "service j: " in st["message"] and "exceeded quota" in st["message"]
+
+
+def test_plans_the_offered_gpus_cannot_hold_are_not_acted_on(settings) -> None:  # type: ignore[no-untyped-def]
+    """Pods placed on a node that was not offered, or on more GPUs than it has free, would wait
+    for ever: such a decision is taken as a wait, with why; the feasible ones go ahead."""
+    decisions = [
+        api.JobDecision(job="ns/ok", action="dispatch", patches=2, nodes=["a", "a"], steps=20),
+        api.JobDecision(job="ns/over", action="dispatch", patches=2, nodes=["a", "a"], steps=20),  # 1 of a's 3 left
+        api.JobDecision(job="ns/ghost", action="dispatch", patches=1, nodes=["z"], steps=20),
+        api.JobDecision(job="ns/short", action="dispatch", patches=2, nodes=["b"], steps=20),
+    ]
+
+    class Answering:
+        async def plan(self, req: api.PlanRequest) -> dispatching.PlanOutcome:
+            policy = api.PolicyInfo(name="test", version="1")
+            response = api.PlanResponse(decisions=decisions, policy=policy, metrics=api.MetricsSource(used=False))
+            return dispatching.PlanOutcome(response, "service", None, 0.0)
+
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=3))
+    fake.put(_url("nodes", "b"), node("b", gpus=4))
+    for i, name in enumerate(("ok", "over", "ghost", "short")):
+        fake.put(_url(api.CRD_PLURAL, name), job(name, created=T0 + i))
+    d = _dispatcher(fake, settings)
+    d.policy = Answering()  # type: ignore[assignment]
+    asyncio.run(d.cycle())
+    assert _status(fake, "ok")["phase"] == "Planned"
+    for name, why in (("over", "not enough free GPUs offered on a"), ("ghost", "not enough free GPUs offered on z"),
+                      ("short", "2 patches on 1 nodes")):
+        st = _status(fake, name)
+        assert st["phase"] == "Pending" and f"the plan was not feasible: {why}" in st["message"], (name, st)
