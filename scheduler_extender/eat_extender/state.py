@@ -42,13 +42,16 @@ def parse_count(value: wire.Quantity) -> int:
     """
     if isinstance(value, bool):
         raise ValueError(f"quantity {value!r} is not a number")  # noqa: TRY004 - callers catch ValueError
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        m = _QUANTITY.match(value.strip())
-        if not m or m.group(2) not in _SUFFIX:
-            raise ValueError(f"quantity {value!r} is not a Kubernetes quantity")
-        number = float(m.group(1)) * _SUFFIX[m.group(2)]
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        else:
+            m = _QUANTITY.match(value.strip())
+            if not m or m.group(2) not in _SUFFIX:
+                raise ValueError(f"quantity {value!r} is not a Kubernetes quantity")
+            number = float(m.group(1)) * _SUFFIX[m.group(2)]
+    except OverflowError:
+        raise ValueError(f"quantity {str(value)[:40]!r} is out of range") from None
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"quantity {value!r} is not a non-negative number")
     return math.ceil(number - 1e-9)
@@ -130,7 +133,10 @@ def pod_view(pod: wire.Pod) -> PodView:
         gpus = 0
 
     group_label = labels.get(api.LABEL_POD_GROUP)
-    group = f"{meta.namespace}/{group_label}" if group_label else None
+    attempt = labels.get(api.LABEL_ATTEMPT)
+    # Each attempt of a job is a gang of its own: a retry's members must not be counted with
+    # the last attempt's, whose pods may still be terminating (or its plan used for holds).
+    group = f"{meta.namespace}/{group_label}" + (f"#{attempt}" if attempt else "") if group_label else None
 
     group_size = 1
     raw_size = notes.get(api.ANNOTATION_GROUP_SIZE)
@@ -186,10 +192,17 @@ class NodeState:
     """Sum of the GPU requests of non-terminated pods bound to the node."""
     cached_models: frozenset[str] = frozenset()
     """``ANNOTATION_CACHED_MODELS``, written by the node agent."""
+    usable: bool = True
+    """Not cordoned, and Ready (or not saying): kube-scheduler would place nothing on it."""
 
     @property
     def gpus_free(self) -> int:
         return max(self.gpus_allocatable - self.gpus_requested, 0)
+
+    @property
+    def gpus_usable(self) -> int:
+        """Free GPUs a pod could be bound to: none on a node kube-scheduler will not use."""
+        return self.gpus_free if self.usable else 0
 
 
 def node_state(node: wire.Node, gpus_requested: int = 0) -> NodeState:
@@ -200,11 +213,14 @@ def node_state(node: wire.Node, gpus_requested: int = 0) -> NodeState:
     except ValueError:
         gpus = 0
     raw = (node.metadata.annotations or {}).get(api.ANNOTATION_CACHED_MODELS, "")
+    conditions = (node.status.conditions if node.status else None) or []
+    ready = next((c.status == "True" for c in conditions if c.type == "Ready"), True)
     return NodeState(
         name=node.metadata.name,
         gpus_allocatable=gpus,
         gpus_requested=gpus_requested,
         cached_models=frozenset(m.strip() for m in raw.split(",") if m.strip()),
+        usable=ready and not node.spec.unschedulable,
     )
 
 

@@ -30,13 +30,15 @@ def make_node(name: str, gpus: int = 4, cached: tuple[str, ...] = ()) -> dict[st
 def make_pod(name: str, gpus: int | None = 1, *, namespace: str = "render", planned: str | None = None,
              group: str | None = None, group_nodes: list[str] | None = None, group_size: int | None = None,
              model: str | None = None, node: str | None = None, phase: str = "Pending",
-             rank: int | None = None) -> dict[str, Any]:
+             rank: int | None = None, attempt: int | None = None) -> dict[str, Any]:
     labels: dict[str, str] = {}
     notes: dict[str, str] = {}
     if group:
         labels[api.LABEL_POD_GROUP] = group
     if rank is not None:
         labels[api.LABEL_RANK] = str(rank)
+    if attempt is not None:
+        labels[api.LABEL_ATTEMPT] = str(attempt)
     if group_nodes is not None:
         notes[api.ANNOTATION_GROUP_NODES] = ",".join(group_nodes)
         notes[api.ANNOTATION_GROUP_SIZE] = str(group_size or len(group_nodes))

@@ -54,6 +54,35 @@ def test_finished_members_count_as_placed() -> None:
     assert gang.check(view(pods[1]), s, {}).fits
 
 
+def test_a_retry_is_a_gang_of_its_own() -> None:
+    """The last attempt's rank 2, still terminating on c, is not a member placed for the retry,
+    whose plan (c, d) is the one checked: c is full, so the retry waits."""
+    old = kube.make_pod("job-2", 1, group="job", group_nodes=["a", "b", "c"], planned="c", rank=2, attempt=1,
+                        node="c", phase="Running")
+    old["metadata"]["deletionTimestamp"] = "2027-01-01T00:00:00Z"
+    retry = kube.gang("job", ["c", "d"], attempt=2)
+    s = build_state(nodes(c=1, d=1), [old, *retry])
+    v = gang.check(view(retry[1]), s, {})
+    assert view(retry[1]).group == "render/job#2" and s.groups["render/job#2"].bound_nodes == ()
+    assert not v.fits and v.shortfalls == (gang.Shortfall("c", 1, 1, 0),)
+
+
+def test_a_cordoned_or_not_ready_planned_node_makes_the_group_wait() -> None:
+    """kube-scheduler will place nothing there, so admitting the other members would only
+    hold their GPUs until the operator gives up on the group."""
+    pods = kube.gang("g", ["a", "b"])
+    for make_unusable in (lambda n: n["spec"].update(unschedulable=True),
+                          lambda n: n["status"].update(conditions=[{"type": "Ready", "status": "False"}])):
+        cluster = nodes(a=1, b=1)
+        make_unusable(cluster[1])
+        v = gang.check(view(pods[0]), build_state(cluster, pods), {})
+        assert not v.fits and "node b is cordoned or not Ready" in v.message
+    unplanned = [kube.make_pod(f"u-{i}", 1, group="u", group_size=2) for i in range(2)]
+    cluster = nodes(a=1, b=1)
+    cluster[1]["spec"]["unschedulable"] = True
+    assert not gang.check(view(unplanned[0]), build_state(cluster, unplanned), {}).fits
+
+
 def test_planned_node_missing_from_the_cluster_makes_the_group_wait() -> None:
     pods = kube.gang("g", ["a", "gone"])
     v = gang.check(view(pods[0]), build_state(nodes(a=4), pods), {})

@@ -26,7 +26,7 @@ def test_parse_count(quantity: wire.Quantity, count: int) -> None:
     assert state.parse_count(quantity) == count
 
 
-@pytest.mark.parametrize("bad", ["", "one", "1x", "-1", True])
+@pytest.mark.parametrize("bad", ["", "one", "1x", "-1", True, pytest.param(10**400, id="huge-int"), "1e400"])
 def test_parse_count_names_the_bad_value(bad: wire.Quantity) -> None:
     with pytest.raises(ValueError, match="quantity"):
         state.parse_count(bad)
