@@ -59,6 +59,10 @@ def validate_jobs(jobs: list[api.JobRequest]) -> None:
             raise BadRequest(f"job {job.id!r}: patches must be one of {K_CHOICES}, got {job.patches}")
         if job.patches is not None and job.max_patches is not None and job.patches > job.max_patches:
             raise BadRequest(f"job {job.id!r}: patches {job.patches} > max_patches {job.max_patches}")
+        spec = catalog.MODELS[catalog.MODEL_INDEX[job.model]]
+        if job.patches is not None and job.patches > spec.max_patches(job.height):
+            raise BadRequest(f"job {job.id!r}: height {job.height} of {job.model} does not split into {job.patches} "
+                             f"row patches (a multiple of {spec.patch_row_px * job.patches} would)")
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         raise BadRequest("job ids must be unique")
@@ -150,6 +154,7 @@ def _snapshot(nodes: list[api.NodeInfo], jobs: list[api.JobRequest], queue_len: 
         job_steps_min=np.array([j.steps_min for j in jobs], dtype=np.int64),
         job_steps_max=np.array([j.steps_max for j in jobs], dtype=np.int64),
         job_k=np.array([j.patches or 0 for j in jobs], dtype=np.int64),
-        job_k_max=np.array([j.max_patches or 8 for j in jobs], dtype=np.int64),
+        job_k_max=np.array([min(j.max_patches or 8, catalog.MODELS[model_index[j.model]].max_patches(j.height))
+                            for j in jobs], dtype=np.int64),
         queue_len=queue_len,
     )

@@ -91,6 +91,13 @@ class ModelSpec:
     quality_knots: tuple[tuple[int, float], ...]
     """(steps, CLIP-score/100) points; Q is interpolated in log(steps), flat outside."""
     popularity: float
+    patch_row_px: int = 64
+    """Row patches must be whole rows of this many pixels (VAE ×8 × the UNet's downsampling:
+    ×8 in SD 1.x, ×4 in SDXL), so that every rank samples exactly the whole-image UNet's rows."""
+
+    def max_patches(self, height: int) -> int:
+        """The most patches (1, 2, 4, 8) an image this tall splits into (``eat_inference``'s rule)."""
+        return max(k for k in (1, 2, 4, 8) if k == 1 or height % (self.patch_row_px * k) == 0)
 
     def step_s(self, pixels: float, speed: float, speedup: float = 1.0) -> float:
         r = pixels / REFERENCE_PIXELS
@@ -125,14 +132,14 @@ MODELS: tuple[ModelSpec, ...] = (
         cfg=True, text_s=0.010, vae512_s=0.045, pixels=(1024 * 1024, 1280 * 1280),
         steps_range=(15, 40),
         quality_knots=((1, 0.07), (2, 0.15), (4, 0.26), (8, 0.295), (20, 0.315), (30, 0.318), (50, 0.32)),
-        popularity=0.35,
+        popularity=0.35, patch_row_px=32,
     ),
     ModelSpec(
         name="sdxl-turbo", size_gb=6.9, vram_gb=10.0, t_floor_s=0.030, c512_s=0.0098, f512=0.013,
         cfg=False, text_s=0.010, vae512_s=0.045, pixels=(512 * 512,),
         steps_range=(1, 4),
         quality_knots=((1, 0.29), (2, 0.30), (4, 0.305)),
-        popularity=0.20,
+        popularity=0.20, patch_row_px=32,
     ),
 )
 MODEL_INDEX = {m.name: i for i, m in enumerate(MODELS)}

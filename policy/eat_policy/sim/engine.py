@@ -41,6 +41,7 @@ class Simulator:
         sc, lay = self.scenario, self.layout
         self.seed = seed
         self.trace = traces.make_trace(sc, seed)
+        self._k_max = _k_max(sc, self.trace)
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
         n, n_models = len(self.trace), len(self.model_names)
         self.now = 0.0
@@ -289,7 +290,7 @@ class Simulator:
                 job_steps_min=tr.steps_min[ids],
                 job_steps_max=tr.steps_max[ids],
                 job_k=tr.k[ids],
-                job_k_max=np.full(len(ids), 8, dtype=np.int64),
+                job_k_max=self._k_max[ids],
             ))
         return self._window[1]
 
@@ -319,3 +320,12 @@ class Simulator:
             queue_len=len(self.queue),
             **self._jobs(),
         )
+
+
+def _k_max(sc: scenarios.Scenario, trace: traces.Trace) -> np.ndarray:
+    """Each job's most patches: 8 in the prototype's model; on edge, what its (square) image
+    splits into as the inference runtime splits it (``catalog.ModelSpec.max_patches``)."""
+    if sc.name != "edge":
+        return np.full(len(trace), 8, dtype=np.int64)
+    heights = np.sqrt(trace.pixels).round().astype(np.int64)
+    return np.array([catalog.MODELS[m].max_patches(int(h)) for m, h in zip(trace.model, heights)], dtype=np.int64)

@@ -49,6 +49,8 @@ def test_bad_specs_the_schema_would_also_refuse() -> None:
         spec_mod.parse(job(patches=3), MODELS)
     with pytest.raises(spec_mod.InvalidSpec, match="spec.patches 8 exceeds spec.maxPatches 2"):
         spec_mod.parse(job(patches=8, maxPatches=2), MODELS)
+    with pytest.raises(spec_mod.InvalidSpec, match="spec.height 768 does not split into 8 row patches for sd15"):
+        spec_mod.parse(job(patches=8, height=768), MODELS)
     with pytest.raises(spec_mod.InvalidSpec, match="spec.deadlineSeconds"):
         spec_mod.parse(job(deadlineSeconds=1e300), MODELS)
     for where in ("file:///tmp/x.png", "s3://no-key", "s3://Upper/k.png", "/output/x.png"):

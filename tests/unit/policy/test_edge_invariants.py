@@ -102,3 +102,21 @@ def test_scales_to_256_nodes() -> None:
     run(sim, base.make("edf-cache"), seed=0)
     m = sim.metrics()
     assert sim.layout.n_nodes == 256 and m.finished == 300
+
+
+@pytest.mark.parametrize(("model", "height", "most"), [
+    ("sd15", 512, 8), ("sd15", 768, 4), ("sd15", 640, 2), ("sd15", 576, 1), ("sdxl", 1280, 8), ("sdxl", 1056, 1),
+])
+def test_an_image_splits_into_whole_row_patches_only(model: str, height: int, most: int) -> None:
+    """The inference runtime splits rows at the UNet's coarsest level (VAE ×8 × its downsampling)."""
+    assert catalog.MODELS[catalog.MODEL_INDEX[model]].max_patches(height) == most
+
+
+def test_the_simulator_offers_no_patch_count_the_runtime_would_refuse() -> None:
+    sim = engine.Simulator(scenarios.edge(n_nodes=4, load=0.8, n_jobs=200))
+    sim.reset(0)
+    snap = sim.snapshot()
+    tr = sim.trace
+    sd15_768 = (tr.model == catalog.MODEL_INDEX["sd15"]) & (tr.pixels == 768 * 768)
+    assert sd15_768.any() and (sim._k_max[sd15_768] == 4).all() and (sim._k_max[~sd15_768] == 8).all()
+    assert all(8 not in snap.allowed_k(j) for j in range(snap.n_jobs) if sd15_768[snap.job_id[j]])

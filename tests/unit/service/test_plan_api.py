@@ -77,8 +77,9 @@ def test_jobs_beyond_the_window_wait_and_are_not_lost(client_with) -> None:  # t
     (lambda j, n: j.update(steps_min=30, steps_max=10), "steps_min 30 > steps_max 10"),
     (lambda j, n: j.update(patches=3), "patches must be one of"),
     (lambda j, n: j.update(patches=8, max_patches=2), "patches 8 > max_patches 2"),
+    (lambda j, n: j.update(patches=8, height=768), "height 768 of sd15 does not split into 8 row patches"),
     (lambda j, n: n.append(dict(n[0])), "node names must be unique"),
-], ids=["unknown-model", "steps-range", "patches", "patches-above-max", "duplicate-node"])
+], ids=["unknown-model", "steps-range", "patches", "patches-above-max", "patches-split-rows", "duplicate-node"])
 def test_unplannable_requests_get_422_with_the_reason(client, mutate, message) -> None:  # type: ignore[no-untyped-def]
     job, nodes = make_job(), [make_node("a")]
     mutate(job, nodes)
@@ -161,3 +162,9 @@ def test_busy_guess_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="busy_guess_s"):
         Settings(busy_guess_s=0)
+
+
+def test_the_policy_chooses_only_patch_counts_the_image_splits_into(client) -> None:  # type: ignore[no-untyped-def]
+    """768 rows of sd15 do not split into 8 whole-row patches: at most 4, even on 8 idle GPUs."""
+    body = plan(client, [make_job(height=768, width=768, deadline_s=3.0)], [make_node("a", gpus=8)])
+    assert body["decisions"][0]["action"] == "dispatch" and body["decisions"][0]["patches"] <= 4
