@@ -23,6 +23,8 @@ With one rank every mode is the plain pipeline.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 import time
 from typing import Any, Literal
 
@@ -36,6 +38,8 @@ from eat_inference import patches
 
 Mode = Literal["sync", "displaced", "naive", "cfg"]
 MODES: tuple[Mode, ...] = ("sync", "displaced", "naive", "cfg")
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+"""The diffusers pipelines (``model_index.json``'s ``_class_name``) the patch-parallel runner runs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +93,13 @@ class PatchParallelPipeline:
     def from_pretrained(
         cls, path: str, parallel: Parallel, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> PatchParallelPipeline:
-        """Load SD components from a local diffusers folder (no hub access) onto ``device``."""
+        """Load SD components from a local diffusers folder (no hub access) onto ``device``.
+
+        Raises ValueError, before loading any weights, for a pipeline other than SD 1.x/2.x's
+        (SDXL's UNet needs pooled text embeddings and time ids this runner does not make)."""
+        kind = json.loads((pathlib.Path(path) / "model_index.json").read_text()).get("_class_name")
+        if kind not in SUPPORTED_PIPELINES:
+            raise ValueError(f"{path} holds a {kind}; this runner runs {', '.join(SUPPORTED_PIPELINES)} only")
         pipe = StableDiffusionPipeline.from_pretrained(
             path, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
         )

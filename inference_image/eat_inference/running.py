@@ -91,7 +91,7 @@ def run(cfg: settings.InferSettings, env: rendezvous.DistEnv | None = None) -> d
                 load_s = time.perf_counter() - t0
             if model_cache is not None:
                 model_cache.record_load(cfg.model, load_s + (fetched.fetch_s if fetched else 0.0))
-        except (cache.CacheError, OSError, ValueError) as e:
+        except Exception as e:  # any failure: the other ranks must not wait out the load timeout for us
             rendezvous.barrier(store, env, "loaded", cfg.load_timeout_s, error=f"{type(e).__name__}: {e}")
             raise
         logger.info(

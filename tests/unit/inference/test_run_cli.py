@@ -120,3 +120,22 @@ def test_an_image_that_cannot_be_uploaded_fails_the_job(tmp_path: pathlib.Path, 
 def test_an_output_uri_that_is_not_s3_is_bad_input(tmp_path: pathlib.Path, tiny_store: pathlib.Path) -> None:
     done = run_one(tmp_path, tiny_store, "--output-uri", "file:///tmp/x.png")
     assert done.returncode == 2 and "output_uri" in done.stderr, done.stderr[-3000:]
+
+
+def test_an_sdxl_model_is_refused_as_bad_input_before_loading(tmp_path: pathlib.Path, tiny_model: pathlib.Path) -> None:
+    """SDXL's UNet needs inputs this runner does not make: every rank says so and exits 2 (bad
+    input) at once, instead of crashing in the first step with a TypeError (exit 1) and a retry."""
+    import shutil
+
+    from eat_inference import cache
+
+    xl = tmp_path / "tiny-xl"
+    shutil.copytree(tiny_model, xl)
+    index = json.loads((xl / "model_index.json").read_text())
+    (xl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
+    cache.pack(xl, tmp_path / "store", "tiny-xl")
+    done = launch(eat_infer("run", "--model", "tiny-xl", "--store", str(tmp_path / "store"), "--cache-dir",
+                            str(tmp_path / "cache"), "--output", str(tmp_path / "out")), 2, timeout_s=120)
+    assert sorted(f.returncode for f in done)[0] == 2 and {f.returncode for f in done} <= {2, 5}
+    assert all("holds a StableDiffusionXLPipeline; this runner runs StableDiffusionPipeline only" in f.stderr
+               for f in done if f.returncode == 2)
