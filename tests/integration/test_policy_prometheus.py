@@ -119,10 +119,13 @@ def test_plan_follows_live_metrics(exporter: Exporter, prometheus: str) -> None:
     assert busy.decisions[0].nodes == ["n1"]  # the saturated GPU is avoided
 
     exporter.util.labels("n2", "0").set(0)
+    exporter.cached.labels("n2", "sdxl").set(0)
     exporter.resident.labels("n1", "sdxl", "0").set(1)
     wait_for(lambda: scraped(prometheus, f'{api.METRIC_MODEL_RESIDENT}{{node="n1"}}', 1), what="residency scraped")
-    resident = planner.plan(api.PlanRequest(jobs=[sdxl_job()], nodes=two_nodes()))
-    assert resident.decisions[0].nodes == ["n1"] and resident.decisions[0].cache == "resident"
+    wait_for(lambda: scraped(prometheus, f'{api.METRIC_MODEL_CACHED}{{node="n2"}}', 0), what="cache metric scraped")
+    # In GPU memory only while the inference pod that loaded it runs: so the node's disk has it
+    loaded = planner.plan(api.PlanRequest(jobs=[sdxl_job()], nodes=two_nodes()))
+    assert loaded.decisions[0].nodes == ["n1"] and loaded.decisions[0].cache == "disk"
 
     # DCGM numbers GPUs its own way: the saturated one on a node with one of two GPUs busy is
     # that busy GPU, not the free one (the request cannot say which it is)

@@ -108,10 +108,12 @@ def _snapshot(nodes: list[api.NodeInfo], jobs: list[api.JobRequest], queue_len: 
         free_at[own[node.gpus_total - busy:]] = release  # the last GPUs are the busy ones
         util[own[node.gpus_total - busy:]] = 1.0
         seen = live.get(node.name)
-        for model in set(node.cached_models) | (seen.cached if seen else set()):
+        # A model the node agent reports in GPU memory is held by the inference pod that loaded
+        # it, whose GPU is busy; it leaves with that pod. So it says the node's disk has it.
+        for model in set(node.cached_models) | (seen.cached if seen else set()) | (seen.resident if seen else set()):
             if model in model_index:
                 disk[i, model_index[model]] = True
-        for model in set(node.resident_models) | (seen.resident if seen else set()):
+        for model in node.resident_models:  # the caller's word: e.g. a warm pool that keeps it loaded
             if model in model_index:
                 resident[own, model_index[model]] = True
         if seen:
