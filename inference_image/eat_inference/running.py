@@ -87,11 +87,16 @@ def run(cfg: settings.InferSettings, env: rendezvous.DistEnv | None = None) -> d
                     warmup_steps=cfg.warmup_steps,
                     comm_buckets=cfg.comm_buckets,
                 )
-                pp = pipeline.PatchParallelPipeline.from_pretrained(str(path), parallel, device, dtype)
+                try:
+                    pp = pipeline.PatchParallelPipeline.from_pretrained(str(path), parallel, device, dtype)
+                except OSError as e:  # a file of the model is missing or unreadable: not bad input
+                    raise cache.CacheError(f"model {cfg.model} does not load from {path}: {e}") from e
                 load_s = time.perf_counter() - t0
             if model_cache is not None:
                 model_cache.record_load(cfg.model, load_s + (fetched.fetch_s if fetched else 0.0))
         except Exception as e:  # any failure: the other ranks must not wait out the load timeout for us
+            if isinstance(e.__cause__, OSError) and cfg.model_path is None:  # a cached copy that does not load
+                cache.ModelCache(cfg.cache_dir, cfg.cache_capacity_bytes, cfg.lock_timeout_s).evict(cfg.model)
             rendezvous.barrier(store, env, "loaded", cfg.load_timeout_s, error=f"{type(e).__name__}: {e}")
             raise
         logger.info(

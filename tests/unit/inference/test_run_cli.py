@@ -139,3 +139,24 @@ def test_an_sdxl_model_is_refused_as_bad_input_before_loading(tmp_path: pathlib.
     assert sorted(f.returncode for f in done)[0] == 2 and {f.returncode for f in done} <= {2, 5}
     assert all("holds a StableDiffusionXLPipeline; this runner runs StableDiffusionPipeline only" in f.stderr
                for f in done if f.returncode == 2)
+
+
+def test_a_model_that_does_not_load_is_a_model_error_and_leaves_the_cache(tmp_path: pathlib.Path,
+                                                                          tiny_model: pathlib.Path) -> None:
+    """An archive missing the UNet's weights unpacks (it has model_index.json) but does not load:
+    exit 4 (model unavailable, not a bug), and the copy is evicted so that the node agent stops
+    reporting the node warm for it and the next attempt fetches it again."""
+    import shutil
+
+    from eat_inference import cache
+
+    broken = tmp_path / "tiny-broken"
+    shutil.copytree(tiny_model, broken)
+    for weights in (broken / "unet").glob("diffusion_pytorch_model.*"):
+        weights.unlink()
+    cache.pack(broken, tmp_path / "store", "tiny-broken")
+    (done,) = launch(eat_infer("run", "--model", "tiny-broken", "--store", str(tmp_path / "store"), "--cache-dir",
+                               str(tmp_path / "cache"), "--output", str(tmp_path / "out")), 1, timeout_s=120)
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert "model tiny-broken does not load from" in done.stderr
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
