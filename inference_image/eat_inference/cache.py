@@ -12,7 +12,7 @@ Layout of the cache root::
     meta/<key>.json            last use and last load duration (for LRU and the node agent)
     locks/<key>.lock           held while fetching or evicting the model (exclusive)
     locks/<key>.use            shared while a process loads the model; eviction skips it
-    locks/cache.lock           held while choosing what to evict
+    locks/.cache.lock          held while choosing what to evict (no model key starts with '.')
     tmp/                       downloads and unpacking in progress
 
 A miss fetches under the model's lock, so two pods fetching the same model download it once:
@@ -74,8 +74,10 @@ class CacheFullError(CacheError):
 
 
 def check_name(name: str) -> str:
-    if len(name) > 128 or not _NAME.match(name) or ".." in name:
-        raise CacheError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-' and '/' between parts")
+    # No "--": key_of writes "/" so, and "org--model" would share "org/model"'s folder.
+    if len(name) > 128 or not _NAME.match(name) or ".." in name or "--" in name:
+        raise CacheError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-' (not '--') "
+                         "and '/' between parts")
     return name
 
 
@@ -401,8 +403,11 @@ class ModelCache:
 
     def _clean_partial(self, key: str) -> None:
         """Remove what a crashed fetch of this model left (we hold its lock, so it is not in progress)."""
-        for leftover in (self.root / "tmp").glob(f"{key}.*"):
-            _remove(leftover)
+        # Its download (<key>.tar), unpacking (<key>.<hex>) and evictions, not "<key>.v2"'s.
+        mine = re.compile(rf"{re.escape(key)}\.(tar|(evicted\.)?[0-9a-f]{{32}})")
+        for leftover in (self.root / "tmp").iterdir():
+            if mine.fullmatch(leftover.name):
+                _remove(leftover)
         d = self.root / "models" / key
         if d.exists():
             logger.warning("removing damaged or incomplete cached model %s", key)
@@ -458,7 +463,7 @@ class ModelCache:
                 f"model {name!r} ({size} bytes) is larger than the cache capacity ({self.capacity_bytes} bytes)"
             )
         evicted: list[str] = []
-        with filelock.FileLock(str(self.root / "locks" / "cache.lock"), timeout=self.lock_timeout_s):
+        with filelock.FileLock(str(self.root / "locks" / ".cache.lock"), timeout=self.lock_timeout_s):
             others = sorted((m for m in self.models() if m.path.name != key), key=lambda m: m.last_used)
             used = sum(m.bytes for m in others)
             for victim in others:

@@ -196,15 +196,21 @@ def test_damaged_cached_model_is_fetched_again(tmp_path: pathlib.Path, store: pa
 
 
 def test_leftovers_of_a_crashed_fetch_are_cleaned(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    """Its own only: model "a.v2"'s download in progress is not "a"'s leftover."""
     c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
-    (c.root / "tmp" / "a.deadbeef.tar").write_bytes(b"half")
+    hex32 = "0123456789abcdef" * 2
+    for leftover in ("a.tar", f"a.{hex32}", f"a.evicted.{hex32}"):  # download, unpacking, eviction
+        (c.root / "tmp" / leftover).write_bytes(b"half")
+    others = ("a.v2.tar", f"a.v2.{hex32}")
+    for other in others:
+        (c.root / "tmp" / other).write_bytes(b"in progress")
     (c.root / "models" / "a").mkdir()  # no marker: never completed
     assert c.get("a") is None
     assert c.ensure("a", cache.LocalStore(store)).cold
-    assert_clean(c)
+    assert sorted(p.name for p in (c.root / "tmp").iterdir()) == sorted(others)
 
 
-@pytest.mark.parametrize("name", ["../etc", "/abs", "a b", "", "x" * 200])
+@pytest.mark.parametrize("name", ["../etc", "/abs", "a b", "", "x" * 200, "org--model"])
 def test_bad_model_names_are_refused(tmp_path: pathlib.Path, name: str) -> None:
     c = cache.ModelCache(tmp_path / "cache", MiB)
     with pytest.raises(cache.CacheError, match="invalid model name"):
@@ -227,3 +233,10 @@ def test_record_load_feeds_the_agent(tmp_path: pathlib.Path, store: pathlib.Path
     m = c.get("a")
     assert m is not None and m.last_load_s == 1.25 and m.bytes > MiB
     assert 0 < c.free_bytes() <= 10 * MiB - m.bytes
+
+
+def test_a_model_named_cache_does_not_take_the_cache_wide_lock(tmp_path: pathlib.Path) -> None:
+    s = tmp_path / "store"
+    cache.pack(make_model(tmp_path, "cache", MiB // 4), s, "cache")
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB, lock_timeout_s=2)
+    assert c.ensure("cache", cache.LocalStore(s)).cold  # placing it takes the cache-wide lock inside its own
