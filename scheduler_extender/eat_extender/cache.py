@@ -131,14 +131,15 @@ class ClusterCache:
             self._refresh(touched)
 
     @contextlib.contextmanager
-    def node_read(self, node: str) -> Iterator[Callable[[Iterable[wire.Pod]], None]]:
+    def node_read(self, node: str) -> Iterator[Callable[[Iterable[wire.Pod]], bool]]:
         """A re-read of ``node``'s pods: enter before sending its LIST, then call what this yields
         with the listed pods; the cache's pods there are replaced by them.
 
         Pods a watch event touched since the read began are left as the watch has them: the LIST
         may have been answered before that event, and then a pod bound meanwhile would vanish,
         or a pod deleted meanwhile would come back with no event left to remove it. Nothing is
-        replaced if all pods were re-listed meanwhile.
+        replaced if all pods were re-listed meanwhile (which LIST is the newer cannot be told):
+        the call then returns False, and the caller may read again.
 
         For the rare re-read before a capacity rejection (``watching.Watcher.refresh_nodes``); a
         scan of all tracked pods is fine there.
@@ -153,14 +154,14 @@ class ClusterCache:
             with self._lock:
                 del self._reads[ticket]
 
-    def _replace_node_pods(self, node: str, pods: Iterable[wire.Pod], ticket: int) -> None:
+    def _replace_node_pods(self, node: str, pods: Iterable[wire.Pod], ticket: int) -> bool:
         views = [v for v in (state.pod_view(p) for p in pods) if v.node_name == node and _tracked(v)]
         with self._lock:
             if ticket not in self._reads:
                 raise RuntimeError(f"the re-read of {node} has ended: its pods can no longer be applied")
             newer = self._reads[ticket]
             if newer is None:
-                return
+                return False
             touched: set[tuple[str, str]] = set()
             for key in [k for k, v in self._pods.items() if v.node_name == node and k not in newer]:
                 touched |= self._remove(key)
@@ -169,6 +170,7 @@ class ClusterCache:
                     touched |= self._remove(v.key)
                     touched |= self._add(v)
             self._refresh(touched)
+            return True
 
     def delete_pod(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"

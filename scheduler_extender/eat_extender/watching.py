@@ -117,10 +117,13 @@ class Watcher:
 
     def _read(self, node: str) -> None:
         started = time.monotonic()
-        with self.target.node_read(node) as replace:
-            resp = self._api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
-                                                         _preload_content=False, _request_timeout=REFRESH_TIMEOUT_S)
-            replace(_parse_all(wire.Pod, json.loads(resp.data).get("items") or []))
+        for _ in range(2):  # once more if a full re-list voided it: that LIST may be the older one
+            with self.target.node_read(node) as replace:
+                resp = self._api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
+                                                             _preload_content=False,
+                                                             _request_timeout=REFRESH_TIMEOUT_S)
+                if replace(_parse_all(wire.Pod, json.loads(resp.data).get("items") or [])):
+                    break
         self._read_started[node] = started
         metrics.node_refreshes.inc()
 

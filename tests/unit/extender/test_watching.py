@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from eat_extender import cache, metrics, watching
+from eat_extender import cache, metrics, watching, wire
 from eat_extender.settings import Settings
 
 from . import kube
@@ -248,6 +248,19 @@ def test_a_deletion_seen_during_a_refresh_is_not_undone_by_it(api: FakeAPI, run_
     gate.set()
     first.join(5)
     assert metrics.node_refreshes._value.get() == before + 1  # the answer was applied
+    assert c.snapshot().nodes["a"].gpus_free == 4
+
+
+def test_a_refresh_voided_by_a_re_list_reads_again(api: FakeAPI, run_watcher: Any) -> None:
+    """A full re-list applied during a node's read voids it (which LIST is newer cannot be told):
+    the re-list here still shows p, deleted since; the node is read again, and p is gone."""
+    w, c = run_watcher(lambda s: api)
+    wait(lambda: c.snapshot().synced, "first lists")
+    gate, first = held_read(api, w)
+    c.replace_pods([wire.Pod.model_validate(kube.make_pod("p", 1, node="a", phase="Running"))])  # older
+    api.pages["pods"] = [Page([], "13")]  # p deleted: what the node's reads now answer
+    gate.set()
+    first.join(5)
     assert c.snapshot().nodes["a"].gpus_free == 4
 
 
