@@ -7,7 +7,7 @@ atomically (temporary name, then rename), so a reader never sees half a file.
 Exit codes (the operator tells them apart in the pod status):
 0 done; 2 bad input; 3 rendezvous failed (a rank missing, rank 0 unreachable);
 4 the model could not be had (store unreachable, not found, checksum mismatch, cache full);
-5 another rank failed; 6 the image could not be uploaded to the job's output URI;
+5 another rank failed; 6 the image could not be written or uploaded to the job's output;
 1 anything else (a bug).
 """
 
@@ -137,7 +137,10 @@ def run(cfg: settings.InferSettings, env: rendezvous.DistEnv | None = None) -> d
         report = _report(cfg, env, backend, device, dtype, pp, result, ranks, rendezvous_s, started_at, t_start)
         if env.rank == 0:
             assert result.image is not None
-            _write_outputs(cfg.output, result.image, report, cfg.save_array)
+            try:
+                _write_outputs(cfg.output, result.image, report, cfg.save_array)
+            except OSError as e:  # a full or read-only output volume: the job's output, not a bug
+                raise upload.OutputError(f"cannot write the image to {cfg.output}: {e}") from e
             logger.info("wrote %s", cfg.output / "image.png")
             if cfg.output_uri:
                 upload.put_image(cfg, cfg.output / "image.png")

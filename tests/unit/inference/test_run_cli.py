@@ -160,3 +160,12 @@ def test_a_model_that_does_not_load_is_a_model_error_and_leaves_the_cache(tmp_pa
     assert done.returncode == 4, done.stderr[-2000:]
     assert "model tiny-broken does not load from" in done.stderr
     assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_an_output_folder_that_cannot_be_written_is_an_output_error(tmp_path: pathlib.Path,
+                                                                     tiny_store: pathlib.Path) -> None:
+    """A read-only (or full) output volume: exit 6 with the reason, not exit 1 and a traceback."""
+    (tmp_path / "out").write_text("a file where the output folder should be")
+    done = run_one(tmp_path, tiny_store)
+    assert done.returncode == 6, done.stderr[-2000:]
+    assert "cannot write the image to" in done.stderr and "Traceback" not in done.stderr
