@@ -171,11 +171,11 @@ class Prewarmer:
                 self.model_cache.record_load(name, time.monotonic() - t0)
             self.counter.labels(result="fetched" if fetched.cold else "hit").inc()
             logger.info("pre-warmed %s (%s, %.2f s)", name, fetched.source, time.monotonic() - t0)
-        except cache.CacheError as e:
+        except Exception as e:  # any failure is the prewarm's answer (a bug included), with why
             self.counter.labels(result="failed").inc()
-            logger.warning("pre-warming %s failed: %s", name, e)
+            logger.warning("pre-warming %s failed: %s", name, e, exc_info=not isinstance(e, cache.CacheError))
             with self._lock:
-                self._errors[name] = str(e)
+                self._errors[name] = str(e) if isinstance(e, cache.CacheError) else f"{type(e).__name__}: {e}"
         finally:
             with self._lock:
                 self._running.pop(name, None)

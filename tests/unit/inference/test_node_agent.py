@@ -95,6 +95,18 @@ def test_prewarm_failure_is_reported(client: TestClient) -> None:
     assert r.status_code == 502 and "not in the store" in r.json()["error"]
 
 
+def test_a_prewarm_that_fails_unexpectedly_says_why(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only cache errors: any failure is reported as the prewarm's state, with the reason
+    (it used to end the fetch thread and leave the model "absent", with no error)."""
+    def disk_full(*_: object) -> cache.Fetched:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(client.app.state.agent.model_cache, "ensure", disk_full)  # type: ignore[attr-defined]
+    r = client.post("/v1/models/sd-a/prewarm", params={"wait": "true"})
+    assert r.status_code == 502
+    assert r.json()["state"] == "failed" and "OSError: [Errno 28] No space left on device" in r.json()["error"]
+
+
 def test_bad_model_name_is_422(client: TestClient) -> None:
     assert client.post("/v1/models/..%2Fetc/prewarm").status_code in (404, 422)
     assert client.get("/v1/models/a b").status_code == 422
