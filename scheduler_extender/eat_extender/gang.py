@@ -45,7 +45,7 @@ class Shortfall:
     """Free for this group: allocatable − requested − held for other groups."""
     known: bool = True
     usable: bool = True
-    """False: cordoned or not Ready, so nothing can be bound there now."""
+    """False: cordoned, not Ready or tainted against the group, so it cannot be bound there now."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,14 +82,15 @@ def _check_planned(pod: state.PodView, cluster: state.ClusterState, held: Mappin
         if ns is None:
             shortfalls.append(Shortfall(node, members, need, 0, known=False))
             continue
-        free = ns.gpus_usable - held.get(node, 0)
+        takes = ns.takes(pod)
+        free = (ns.gpus_free if takes else 0) - held.get(node, 0)
         if free < need:
-            shortfalls.append(Shortfall(node, members, need, max(free, 0), usable=ns.usable))
+            shortfalls.append(Shortfall(node, members, need, max(free, 0), usable=takes))
     if not shortfalls:
         return Verdict(True)
     parts = [
         f"node {s.node} is not in the cluster" if not s.known
-        else f"node {s.node} is cordoned or not Ready" if not s.usable
+        else f"node {s.node} is cordoned, not Ready or tainted against the group" if not s.usable
         else f"node {s.node} needs {s.gpus_needed} {api.GPU_RESOURCE} for {s.members} member(s), {s.gpus_free} free"
         for s in shortfalls
     ]
@@ -102,7 +103,8 @@ def _check_aggregate(pod: state.PodView, cluster: state.ClusterState, held: Mapp
     todo = max(pod.group_size - len(bound), 1)
     slots = 0
     for ns in cluster.nodes.values():
-        slots += max(ns.gpus_usable - held.get(ns.name, 0), 0) // pod.gpus
+        if ns.takes(pod):
+            slots += max(ns.gpus_free - held.get(ns.name, 0), 0) // pod.gpus
         if slots >= todo:
             return Verdict(True)
     return Verdict(False, f"{len(bound)}/{pod.group_size} placed; {todo} member(s) of {pod.gpus} "

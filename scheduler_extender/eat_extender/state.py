@@ -109,6 +109,7 @@ class PodView:
     """``ANNOTATION_MODEL``: unplanned pods prefer nodes that cache it."""
     problems: tuple[str, ...] = ()
     """Annotations or requests that could not be read, as messages for a person."""
+    tolerations: tuple[wire.Toleration, ...] = ()
 
     @property
     def key(self) -> str:
@@ -181,6 +182,7 @@ def pod_view(pod: wire.Pod) -> PodView:
         planned_node=planned,
         model=(notes.get(api.ANNOTATION_MODEL) or "").strip() or None,
         problems=tuple(problems),
+        tolerations=tuple(pod.spec.tolerations or ()),
     )
 
 
@@ -194,15 +196,29 @@ class NodeState:
     """``ANNOTATION_CACHED_MODELS``, written by the node agent."""
     usable: bool = True
     """Not cordoned, and Ready (or not saying): kube-scheduler would place nothing on it."""
+    taints: tuple[wire.Taint, ...] = ()
+    """Its NoSchedule and NoExecute taints: pods that do not tolerate one never land there."""
 
     @property
     def gpus_free(self) -> int:
         return max(self.gpus_allocatable - self.gpus_requested, 0)
 
-    @property
-    def gpus_usable(self) -> int:
-        """Free GPUs a pod could be bound to: none on a node kube-scheduler will not use."""
-        return self.gpus_free if self.usable else 0
+    def takes(self, pod: PodView) -> bool:
+        """Whether kube-scheduler would bind ``pod`` (or a member of its group) here at all."""
+        return self.usable and all(tolerates(pod, t) for t in self.taints)
+
+
+def tolerates(pod: PodView, taint: wire.Taint) -> bool:
+    """The scheduler's rule: a toleration matches the taint's effect (or all), and its key and
+    value (``Exists``: any value; no key: every taint)."""
+    for t in pod.tolerations:
+        if t.effect and t.effect != taint.effect:
+            continue
+        if t.operator == "Exists" and (not t.key or t.key == taint.key):
+            return True
+        if t.key == taint.key and t.value == taint.value:
+            return True
+    return False
 
 
 def node_state(node: wire.Node, gpus_requested: int = 0) -> NodeState:
@@ -221,6 +237,7 @@ def node_state(node: wire.Node, gpus_requested: int = 0) -> NodeState:
         gpus_requested=gpus_requested,
         cached_models=frozenset(m.strip() for m in raw.split(",") if m.strip()),
         usable=ready and not node.spec.unschedulable,
+        taints=tuple(t for t in node.spec.taints or () if t.effect in ("NoSchedule", "NoExecute")),
     )
 
 

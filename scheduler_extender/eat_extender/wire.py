@@ -55,8 +55,22 @@ class ObjectMeta(_Kube):
     deletion_timestamp: str | None = Field(default=None, alias="deletionTimestamp")
 
 
+class Toleration(_Kube):
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+
+
+class Taint(_Kube):
+    key: str = ""
+    value: str = ""
+    effect: str = ""
+
+
 class PodSpec(_Kube):
     containers: list[Container] = Field(default_factory=list)
+    tolerations: list[Toleration] | None = None
     init_containers: list[Container] | None = Field(default=None, alias="initContainers")
     node_name: str | None = Field(default=None, alias="nodeName")
     scheduler_name: str | None = Field(default=None, alias="schedulerName")
@@ -74,6 +88,7 @@ class Pod(_Kube):
 
 class NodeSpec(_Kube):
     unschedulable: bool = False
+    taints: list[Taint] | None = None
 
 
 class NodeCondition(_Kube):

@@ -71,12 +71,20 @@ def test_a_cordoned_or_not_ready_planned_node_makes_the_group_wait() -> None:
     """kube-scheduler will place nothing there, so admitting the other members would only
     hold their GPUs until the operator gives up on the group."""
     pods = kube.gang("g", ["a", "b"])
+    dedicated = [{"key": "team", "value": "vision", "effect": "NoSchedule"}]
     for make_unusable in (lambda n: n["spec"].update(unschedulable=True),
-                          lambda n: n["status"].update(conditions=[{"type": "Ready", "status": "False"}])):
+                          lambda n: n["status"].update(conditions=[{"type": "Ready", "status": "False"}]),
+                          lambda n: n["spec"].update(taints=dedicated)):
         cluster = nodes(a=1, b=1)
         make_unusable(cluster[1])
         v = gang.check(view(pods[0]), build_state(cluster, pods), {})
-        assert not v.fits and "node b is cordoned or not Ready" in v.message
+        assert not v.fits and "node b is cordoned, not Ready or tainted against the group" in v.message
+    tolerating = kube.gang("g", ["a", "b"])
+    for p in tolerating:
+        p["spec"]["tolerations"] = [{"key": "team", "operator": "Exists", "effect": "NoSchedule"}]
+    cluster = nodes(a=1, b=1)
+    cluster[1]["spec"]["taints"] = dedicated
+    assert gang.check(view(tolerating[0]), build_state(cluster, tolerating), {}).fits
     unplanned = [kube.make_pod(f"u-{i}", 1, group="u", group_size=2) for i in range(2)]
     cluster = nodes(a=1, b=1)
     cluster[1]["spec"]["unschedulable"] = True
