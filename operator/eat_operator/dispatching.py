@@ -480,7 +480,10 @@ class Dispatcher:
                 return
             try:  # ours, or a deleted job's of the same name that the garbage collector has yet to remove?
                 existing = await self.client.request("GET", f"{url}/{job.name}")
-            except kube.ApiError:
+            except kube.ApiError as e2:
+                if e2.status != 404:  # 404: gone since; the next attempt creates it
+                    metrics.api_errors.labels("create_service").inc()
+                    self._service_refused_because(job, f"service {job.name} exists but cannot be read: {e2}")
                 return
             owners = {o.get("uid") for o in (existing.get("metadata") or {}).get("ownerReferences") or []}
             if job.uid not in owners:

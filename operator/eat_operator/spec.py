@@ -35,7 +35,8 @@ class JobSpec(BaseModel):
     steps_max: int | None = Field(default=None, alias="stepsMax", ge=1, le=200)
     guidance_scale: float | None = Field(default=None, alias="guidanceScale", ge=0, le=50)
     seed: int | None = Field(default=None, ge=0)
-    deadline_seconds: float | None = Field(default=None, alias="deadlineSeconds", gt=0, le=api.LATEST_TIME)
+    deadline_seconds: float | None = Field(default=None, alias="deadlineSeconds", gt=0, le=86400)
+    """At most a day, as the CRD's schema says."""
     priority: int = 0
     output_location: str | None = Field(default=None, alias="outputLocation", max_length=1024,
                                         pattern=api.OUTPUT_LOCATION_PATTERN)

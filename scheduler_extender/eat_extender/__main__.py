@@ -24,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(),
+    level = settings.log_level.upper()
+    logging.basicConfig(level="DEBUG" if level == "TRACE" else level,  # "trace" is uvicorn's, below DEBUG
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One worker: the cache and the gang holds live in this process.
     uvicorn.run("eat_extender.app:app", host=settings.host, port=settings.port,

@@ -7,6 +7,7 @@ The Helm chart maps its values to these variables one to one; the local control 
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,8 +40,8 @@ class Settings(BaseSettings):
     """Seconds an admitted pod group's remaining GPUs stay held for it. kube-scheduler places
     one member per cycle (milliseconds each), so 30 s covers a whole group with a wide margin
     while a group that never completes frees its GPUs soon."""
-    log_level: str = "info"
-    """Python/uvicorn log level."""
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    """Python/uvicorn log level (``trace``: uvicorn's; Python logging then logs at debug)."""
 
 
 @functools.lru_cache

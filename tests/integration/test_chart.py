@@ -341,6 +341,26 @@ def _values_keys() -> list[tuple[int, str, str, bool, list[str]]]:
     return keys
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of a repeated key; kubectl (and kustomize) refuse the file."""
+
+
+def _no_repeats(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[type-arg]
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise yaml.constructor.ConstructorError(None, None, f"repeated keys {repeated}", node.start_mark)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_repeats)
+
+
+def test_no_chart_yaml_repeats_a_key() -> None:
+    for path in [CHART / "values.yaml", *sorted((CHART / "crds").glob("*.yaml"))]:
+        list(yaml.load_all(path.read_text(), Loader=_StrictLoader))  # raises on a repeated key
+
+
 def test_every_value_is_documented_with_examples() -> None:
     """helm-docs style (kueue's values.yaml): a `# --` comment on every key, and a commented
     example under every empty default. Keys inside a documented default (resources,
@@ -386,6 +406,11 @@ def test_every_value_is_documented_with_examples() -> None:
                  "at '/monitoring/prometheusRule/window': '10minutes' does not match pattern", id="bad-duration"),
     pytest.param(["--set", "models={sd15,sd21}"], "at '/models/1': value must be one of 'sd15', 'sdxl', 'sdxl-turbo'",
                  id="model-the-policy-cannot-plan"),
+    pytest.param(["--set", "policy.config.busyGuessS=0"], "at '/policy/config/busyGuessS': exclusiveMinimum",
+                 id="busy-guess-zero"),
+    pytest.param(["--set", "inference.config.extraEnv[0].name=RANK", "--set", "inference.config.extraEnv[0].value=3"],
+                 "at '/inference/config/extraEnv/0/name'", id="env-the-operator-sets"),
+    pytest.param(["--set", "tmpSizeLimit=512K"], "at '/tmpSizeLimit': '512K' does not match", id="quantity-suffix"),
     pytest.param(["--set", "modelCache.hostPath=relative/dir"],
                  "at '/modelCache/hostPath': 'relative/dir' does not match", id="relative-host-path"),
     pytest.param(["--set", "operator.replicaCount=2", "--set", "operator.leaderElection.enabled=false"],
@@ -461,7 +486,7 @@ def test_alerts_fire_on_what_they_describe(rules_file: Path, tmp_path: Path) -> 
             "input_series": [
                 _series('eat_operator_jobs_finished_total{phase="Succeeded",instance="a"}', "0+10x60"),
                 _series('eat_operator_deadline_misses_total{instance="a"}', "0+5x60"),
-                _series('eat_policy_decisions_total{policy="eat",action="dispatch"}', "0+10x60"),
+                _series('eat_policy_plan_request_duration_seconds_count{instance="p"}', "0+10x60"),
                 _series('eat_policy_fallbacks_total{reason="no_checkpoint"}', "0+0x60"),
                 _series('eat_operator_jobs{phase="Pending",instance="a"}', "2x60"),
                 _series('eat_operator_leader{instance="a"}', "1x60"),
@@ -482,7 +507,9 @@ def test_alerts_fire_on_what_they_describe(rules_file: Path, tmp_path: Path) -> 
                 _series('eat_operator_jobs_finished_total{phase="Succeeded",instance="a"}', "7x60"),
                 _series('eat_operator_leader{instance="a"}', "0x60"),
                 _series('eat_operator_leader{instance="b"}', "0x60"),
-                _series('eat_policy_decisions_total{policy="edf-cache",action="dispatch"}', "0+4x60"),
+                # every plan request falls back; each has 32 jobs (the ratio is per request)
+                _series('eat_policy_plan_request_duration_seconds_count{instance="p"}', "0+4x60"),
+                _series('eat_policy_decisions_total{policy="edf-cache",action="dispatch"}', "0+128x60"),
                 _series('eat_policy_fallbacks_total{reason="no_checkpoint"}', "0+4x60"),
             ],
             "alert_rule_test": [
@@ -653,7 +680,7 @@ def _rbac_cases(name: str, ns: str) -> dict[str, tuple[list[tuple[str, ...]], li
             ("list", job), ("watch", job), ("get", job, *other),
             ("patch", job, "--subresource=status"),
             ("create", "pods"), ("delete", "pods"), ("patch", "pods"), ("watch", "pods"), ("get", "pods", *other),
-            ("create", "services", *other), ("list", "nodes"), ("watch", "nodes"), ("create", "events", *other),
+            ("create", "services", *other), ("get", "services", *other), ("list", "nodes"), ("watch", "nodes"), ("create", "events", *other),
             ("create", "leases.coordination.k8s.io", *here),
             ("patch", f"leases.coordination.k8s.io/{name}-operator", *here),
         ], [

@@ -98,6 +98,12 @@ def test_without_an_api_server_it_answers_error_so_the_scheduler_goes_on(serve: 
     assert "Connection refused" in body.get("last_error", "") or "Max retries" in body.get("last_error", ""), body
 
 
+def test_the_trace_log_level_starts(serve: Any) -> None:
+    """uvicorn's "trace" (which the chart offers) is no Python logging level: it used to crash at start."""
+    url = serve(EAT_EXTENDER_WATCH="false", EAT_EXTENDER_LOG_LEVEL="trace")
+    assert _get(url + "/healthz") == (200, {"status": "ok"})
+
+
 def test_watch_can_be_turned_off(serve: Any) -> None:
     url = serve(EAT_EXTENDER_WATCH="false")
     assert _get(url + "/healthz") == (200, {"status": "ok"})

@@ -238,3 +238,23 @@ def test_plans_the_offered_gpus_cannot_hold_are_not_acted_on(settings) -> None: 
                       ("short", "2 patches on 1 nodes")):
         st = _status(fake, name)
         assert st["phase"] == "Pending" and f"the plan was not feasible: {why}" in st["message"], (name, st)
+
+
+def test_a_service_that_exists_but_cannot_be_read_is_said_so(settings) -> None:  # type: ignore[no-untyped-def]
+    """E.g. RBAC without `get` on Services (the chart lacked it): the gates stay on and the job
+    says why, instead of waiting in silence."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    fake.put(_url(api.CRD_PLURAL, "j"), job("j", status=active_status("Planned", ["a", "a"]), patches=2))
+    fake.put(_url("services", "j"), {"metadata": {"name": "j", "namespace": "ns", "ownerReferences": [{"uid": "uid-j"}]}})
+    plain = fake.request
+
+    async def forbidden(method: str, url: str, *args: object, **kw: object) -> dict:
+        if "/services/" in url:
+            raise kube.ApiError(403, "Forbidden", 'services "j" is forbidden: cannot get resource "services"')
+        return await plain(method, url, *args, **kw)  # type: ignore[arg-type]
+
+    fake.request = forbidden  # type: ignore[method-assign]
+    d = _cycle(fake, settings)
+    assert "service j exists but cannot be read: " in d._service_refused[("ns", "j")]
+    assert all(p["spec"].get("schedulingGates") for p in fake.under(kube.path("", "v1", "pods", "ns")))
