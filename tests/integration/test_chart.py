@@ -406,6 +406,8 @@ def test_every_value_is_documented_with_examples() -> None:
                  "at '/monitoring/prometheusRule/window': '10minutes' does not match pattern", id="bad-duration"),
     pytest.param(["--set", "models={sd15,sd21}"], "at '/models/1': value must be one of 'sd15', 'sdxl', 'sdxl-turbo'",
                  id="model-the-policy-cannot-plan"),
+    pytest.param(["--set", "policy.config.fallbackPolicy=edf-kache"], "at '/policy/config/fallbackPolicy'",
+                 id="unknown-fallback"),
     pytest.param(["--set", "policy.config.busyGuessS=0"], "at '/policy/config/busyGuessS': exclusiveMinimum",
                  id="busy-guess-zero"),
     pytest.param(["--set", "inference.config.extraEnv[0].name=RANK", "--set", "inference.config.extraEnv[0].value=3"],
