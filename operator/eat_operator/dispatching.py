@@ -14,6 +14,7 @@ says so.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -134,9 +135,7 @@ def plan_request(batch: Iterable[tuple[snapshot.JobView, spec_mod.JobSpec]], nod
 def _infeasible(d: api.JobDecision, spec: spec_mod.JobSpec, free: dict[str, int]) -> str | None:
     """What is wrong with a dispatch decision against the GPUs offered (``free``, which it then
     takes), or None. The policy service is ours, but the pods it places would wait for ever."""
-    ranks: dict[str, int] = {}
-    for n in d.nodes:
-        ranks[n] = ranks.get(n, 0) + 1
+    ranks = collections.Counter(d.nodes)
     if len(d.nodes) != d.patches or (spec.patches is not None and d.patches != spec.patches):
         return f"{d.patches} patches on {len(d.nodes)} nodes"
     short = [n for n, k in ranks.items() if free.get(n, 0) < k]
@@ -286,12 +285,11 @@ class Dispatcher:
             log.info("cycle: snapshot %.3f s; %d jobs reconciled and %d batches dispatched %d jobs in %.3f s",
                      t_snap, len(work), batches, dispatched, t2 - t1)
 
-    async def dispatch_batch(self, shown: set[tuple[str, str]] | None = None) -> int:
+    async def dispatch_batch(self, shown: set[tuple[str, str]]) -> int:
         """Plan one batch of the pending jobs not in ``shown`` (the jobs this cycle's batches
         showed the policy: those it held cannot fit in less than it had then, and the jobs
         behind them may), all of the highest priority among them; how many were dispatched,
         or -1 when no job or no GPU is left."""
-        shown = set() if shown is None else shown
         snap = self.take_snapshot()
         valid, invalid = select_pending(snap, self.models, self.parse)
         await _gather([self.execute(j, status.failed(j, snap.now, e.reason, str(e))) for j, e in invalid

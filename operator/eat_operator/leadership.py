@@ -4,8 +4,9 @@ Every replica runs kopf's watch streams (they only fill the read cache); writes 
 the dispatcher alone, so one Lease decides which replica writes. A leader renews every
 third of the lease duration and steps down when a renewal fails or has not answered within
 two thirds of it (client-go's renew deadline), before another replica may take over: that
-happens only after the holder stopped renewing for a whole duration. The identity is the pod name, so a container restarted in the same
-pod (kill -9, OOM) takes its Lease back at once instead of waiting for it to expire.
+happens only after the holder stopped renewing for a whole duration. The identity is the pod
+name, so a container restarted in the same pod (kill -9, OOM) takes its Lease back at once
+instead of waiting for it to expire.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from eat_policy import api
+from eat_policy.sim import catalog  # plain data: no numpy at import
 
 class InvalidSpec(ValueError):
     """The spec cannot run; the message is written to status and to a Warning Event."""
@@ -60,17 +61,9 @@ class JobSpec(BaseModel):
         return min(lo, hi), hi
 
 
-def _model(name: str) -> Any:
-    from eat_policy.sim import catalog  # the catalog is plain data; no numpy at import
-
-    return catalog.MODELS[catalog.MODEL_INDEX[name]]
-
-
 def known_models(configured: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     """Model name → default steps range: the configured names (``Settings`` keeps them to the
     policy's catalog), else the whole catalog."""
-    from eat_policy.sim import catalog  # the catalog is plain data; no numpy at import
-
     ranges = {m.name: m.steps_range for m in catalog.MODELS}
     return {n: ranges[n] for n in configured or ranges}
 
@@ -90,8 +83,9 @@ def parse(body: dict[str, Any], models: dict[str, tuple[int, int]]) -> JobSpec:
         raise InvalidSpec("InvalidSpec", f"spec.patches must be 1, 2, 4 or 8, got {spec.patches}")
     if spec.patches is not None and spec.max_patches is not None and spec.patches > spec.max_patches:
         raise InvalidSpec("InvalidSpec", f"spec.patches {spec.patches} exceeds spec.maxPatches {spec.max_patches}")
-    if spec.patches is not None and spec.patches > _model(spec.model).max_patches(spec.height):
-        unit = _model(spec.model).patch_row_px * spec.patches
+    model = catalog.MODEL_BY_NAME[spec.model]
+    if spec.patches is not None and spec.patches > model.max_patches(spec.height):
+        unit = model.patch_row_px * spec.patches
         raise InvalidSpec("InvalidSpec", f"spec.height {spec.height} does not split into {spec.patches} row patches "
                                          f"for {spec.model}: it must be a multiple of {unit}")
     return spec

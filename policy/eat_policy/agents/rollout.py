@@ -6,9 +6,10 @@ neither; the proposed steps ×0.75 and ×1.25), plays each out on a copy of the 
 end of the episode with the heuristic deciding everything after it, and keeps the one with the
 highest return under the training objective (``Objective``: the env's reward, quality and the
 job-seconds spent in the system, weighted as ``eat-policy train`` weights them). That is policy
-iteration's improvement step, exact because the copy is the same episode; it is also clairvoyant (the copy knows future arrivals), so it cannot serve: it labels
-demonstrations for ``eat-policy train --bc-policy rollout:<heuristic>``, and the learned policy,
-which sees only the state, learns what of the improvement a state can predict.
+iteration's improvement step, exact because the copy is the same episode; it is also
+clairvoyant (the copy knows future arrivals), so it cannot serve: it labels demonstrations for
+``eat-policy train --bc-policy rollout:<heuristic>``, and the learned policy, which sees only the
+state, learns what of the improvement a state can predict.
 """
 
 from __future__ import annotations

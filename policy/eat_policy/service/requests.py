@@ -59,7 +59,7 @@ def validate_jobs(jobs: list[api.JobRequest]) -> None:
             raise BadRequest(f"job {job.id!r}: patches must be one of {K_CHOICES}, got {job.patches}")
         if job.patches is not None and job.max_patches is not None and job.patches > job.max_patches:
             raise BadRequest(f"job {job.id!r}: patches {job.patches} > max_patches {job.max_patches}")
-        spec = catalog.MODELS[catalog.MODEL_INDEX[job.model]]
+        spec = catalog.MODEL_BY_NAME[job.model]
         if job.patches is not None and job.patches > spec.max_patches(job.height):
             raise BadRequest(f"job {job.id!r}: height {job.height} of {job.model} does not split into {job.patches} "
                              f"row patches (a multiple of {spec.patch_row_px * job.patches} would)")
@@ -110,7 +110,8 @@ def _snapshot(nodes: list[api.NodeInfo], jobs: list[api.JobRequest], queue_len: 
         seen = live.get(node.name)
         # A model the node agent reports in GPU memory is held by the inference pod that loaded
         # it, whose GPU is busy; it leaves with that pod. So it says the node's disk has it.
-        for model in set(node.cached_models) | (seen.cached if seen else set()) | (seen.resident if seen else set()):
+        on_disk = set(node.cached_models) | (seen.cached | seen.resident if seen else set())
+        for model in on_disk:
             if model in model_index:
                 disk[i, model_index[model]] = True
         for model in node.resident_models:  # the caller's word: e.g. a warm pool that keeps it loaded
@@ -156,7 +157,7 @@ def _snapshot(nodes: list[api.NodeInfo], jobs: list[api.JobRequest], queue_len: 
         job_steps_min=np.array([j.steps_min for j in jobs], dtype=np.int64),
         job_steps_max=np.array([j.steps_max for j in jobs], dtype=np.int64),
         job_k=np.array([j.patches or 0 for j in jobs], dtype=np.int64),
-        job_k_max=np.array([min(j.max_patches or 8, catalog.MODELS[model_index[j.model]].max_patches(j.height))
+        job_k_max=np.array([min(j.max_patches or 8, catalog.MODEL_BY_NAME[j.model].max_patches(j.height))
                             for j in jobs], dtype=np.int64),
         queue_len=queue_len,
     )

@@ -143,6 +143,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ),
 )
 MODEL_INDEX = {m.name: i for i, m in enumerate(MODELS)}
+MODEL_BY_NAME = {m.name: m for m in MODELS}
 
 # Load path (§6e): local NVMe / page cache with the default loader, object store per node.
 DISK_LOAD_GB_S = 1.5

@@ -33,7 +33,6 @@ class Simulator:
         self.model_names = tuple(m.name for m in catalog.MODELS) if scenario.name == "edge" else ("sd14-1440",)
         self._vram = np.array([m.vram_gb for m in catalog.MODELS])
         self._size = np.array([m.size_gb for m in catalog.MODELS])
-        self._model_by_name = {m.name: m for m in catalog.MODELS}
 
     # --- episode lifecycle --------------------------------------------------------------
 
