@@ -117,11 +117,14 @@ def run(
 def make_tiny_model(
     directory: Annotated[pathlib.Path, typer.Argument(help="Where to save the model (diffusers format).")],
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    preset: Annotated[str, typer.Option(help="tiny (SD 1.x's structure) or tiny-xl (SDXL's).")] = "tiny",
 ) -> None:
     """Build a tiny Stable Diffusion (UNet, VAE, CLIP text encoder, tokenizer) with random weights."""
     from eat_inference import tiny
 
-    path = tiny.save_tiny_model(directory, seed)
+    if preset not in ("tiny", "tiny-xl"):
+        raise typer.BadParameter(f"must be tiny or tiny-xl, got {preset!r}", param_hint="--preset")
+    path = tiny.save_tiny_model(directory, seed, preset)
     typer.echo(str(path))
 
 

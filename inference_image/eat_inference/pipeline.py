@@ -1,8 +1,9 @@
-"""Patch-parallel Stable Diffusion over diffusers' UNet pipelines (SD 1.x / 2.x).
+"""Patch-parallel Stable Diffusion over diffusers' UNet pipelines (SD 1.x / 2.x and SDXL).
 
 One process per rank runs :class:`PatchParallelPipeline`; together they make one image.
-The components (text encoder, tokenizer, UNet, VAE, scheduler) are diffusers' own, loaded
-by ``StableDiffusionPipeline.from_pretrained``; this file only writes out the denoising loop,
+The components (text encoders, tokenizers, UNet, VAE, scheduler) are diffusers' own, loaded
+by ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline.from_pretrained``, whichever the
+folder's ``model_index.json`` names; this file only writes out the denoising loop,
 because each rank denoises a different part of the latent (diffusers' "simple over easy":
 the loop is visible, not hidden behind callbacks).
 
@@ -31,14 +32,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from eat_inference import patches
 
 Mode = Literal["sync", "displaced", "naive", "cfg"]
 MODES: tuple[Mode, ...] = ("sync", "displaced", "naive", "cfg")
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+PIPELINES: dict[str, Any] = {
+    "StableDiffusionPipeline": StableDiffusionPipeline,
+    "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+}
 """The diffusers pipelines (``model_index.json``'s ``_class_name``) the patch-parallel runner runs."""
 
 
@@ -74,10 +78,10 @@ class Result:
 
 
 class PatchParallelPipeline:
-    """A diffusers ``StableDiffusionPipeline`` run by ``world_size`` ranks on one image."""
+    """A diffusers SD or SDXL text-to-image pipeline run by ``world_size`` ranks on one image."""
 
     def __init__(self, pipe: Any, parallel: Parallel) -> None:
-        # ``pipe`` is a StableDiffusionPipeline (Any: diffusers registers its components at
+        # ``pipe`` is a StableDiffusion(XL)Pipeline (Any: diffusers registers its components at
         # run time, where mypy cannot see them).
         self.pipe = pipe
         self.parallel = parallel
@@ -93,16 +97,16 @@ class PatchParallelPipeline:
     def from_pretrained(
         cls, path: str, parallel: Parallel, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> PatchParallelPipeline:
-        """Load SD components from a local diffusers folder (no hub access) onto ``device``.
+        """Load SD or SDXL components from a local diffusers folder (no hub access) onto ``device``.
 
-        Raises ValueError, before loading any weights, for a pipeline other than SD 1.x/2.x's
-        (SDXL's UNet needs pooled text embeddings and time ids this runner does not make)."""
+        Raises ValueError, before loading any weights, for another pipeline (an SDXL refiner,
+        an image-to-image or a non-UNet pipeline): its inputs are not a text-to-image UNet's."""
         kind = json.loads((pathlib.Path(path) / "model_index.json").read_text()).get("_class_name")
-        if kind not in SUPPORTED_PIPELINES:
-            raise ValueError(f"{path} holds a {kind}; this runner runs {', '.join(SUPPORTED_PIPELINES)} only")
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
-        )
+        if kind not in PIPELINES:
+            raise ValueError(f"{path} holds a {kind}; this runner runs {', '.join(PIPELINES)} only")
+        no_checker = {"safety_checker": None, "requires_safety_checker": False}  # SD 1.x's; SDXL has none
+        extra = {} if kind == "StableDiffusionXLPipeline" else no_checker
+        pipe = PIPELINES[kind].from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device), parallel)
 
@@ -174,15 +178,17 @@ class PatchParallelPipeline:
 
         # 2. Encode the prompt (every rank: the text encoder is small next to the UNet)
         t0 = time.perf_counter()
-        prompt_embeds, negative_embeds = pipe.encode_prompt(prompt, self.device, 1, guided, negative_prompt)
-        if guided and p.mode == "cfg" and p.world_size == 2:
-            prompt_embeds = (negative_embeds, prompt_embeds)[p.rank]  # rank 0: unconditional, rank 1: text
-        elif guided:
-            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+        split_cfg = guided and p.mode == "cfg" and p.world_size == 2
+        prompt_embeds, added_cond = self._encode(prompt, negative_prompt, guided, height, width)
+        if split_cfg:  # rank 0: unconditional, rank 1: text
+            prompt_embeds = prompt_embeds[p.rank : p.rank + 1]
+            added_cond = {k: v[p.rank : p.rank + 1] for k, v in added_cond.items()} if added_cond else None
         encode_s = time.perf_counter() - t0
 
         # 3. Timesteps
         pipe.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        if hasattr(pipe.scheduler, "set_begin_index"):
+            pipe.scheduler.set_begin_index(0)
         timesteps = pipe.scheduler.timesteps
 
         # 4. Initial noise of the whole latent from the seed (same on every rank), then this rank's rows
@@ -193,18 +199,19 @@ class PatchParallelPipeline:
         if patched:
             rows = shape[2] // p.world_size
             latents = latents[:, :, p.rank * rows : (p.rank + 1) * rows].contiguous()
-        extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
+        extra_step_kwargs = pipe.prepare_extra_step_kwargs(self._step_generator(generator, seed, patched), 0.0)
 
         # 5. Denoising loop
         step_s: list[float] = []
         for i, t in enumerate(timesteps):
             t0 = time.perf_counter()
-            split_cfg = guided and p.mode == "cfg" and p.world_size == 2
             model_input = torch.cat([latents] * 2) if guided and not split_cfg else latents
             model_input = pipe.scheduler.scale_model_input(model_input, t)
             if self.runtime is not None:
                 self.runtime.step = i
-            noise_pred = pipe.unet(model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+            noise_pred = pipe.unet(
+                model_input, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added_cond, return_dict=False
+            )[0]
             if self.runtime is not None:
                 self.runtime.end_step()
             if split_cfg:
@@ -231,7 +238,7 @@ class PatchParallelPipeline:
         image, decode_s = None, 0.0
         if decode and p.rank == 0:
             t0 = time.perf_counter()
-            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            decoded = self._decode(latents)
             image = pipe.image_processor.postprocess(decoded, output_type="np")[0].astype(np.float32)
             decode_s = time.perf_counter() - t0
         return Result(
@@ -243,6 +250,55 @@ class PatchParallelPipeline:
             image=image,
             exchange_bytes_per_step=self.runtime.exchange.bytes_per_step if self.runtime is not None else 0,
         )
+
+    @property
+    def is_xl(self) -> bool:
+        return isinstance(self.pipe, StableDiffusionXLPipeline)
+
+    def _encode(
+        self, prompt: str, negative_prompt: str | None, guided: bool, height: int, width: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """Text embeddings, batch 2 (unconditional, text) when guided, and SDXL's added conditioning.
+
+        SDXL's UNet also takes the pooled text embedding and six "time ids" (original size,
+        crop corner, target size); every patch gets the whole image's, as the image is what
+        they describe."""
+        pipe = self.pipe
+        if not self.is_xl:
+            text, negative = pipe.encode_prompt(prompt, self.device, 1, guided, negative_prompt)
+            return (torch.cat([negative, text]) if guided else text), None
+        text, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=prompt, device=self.device, num_images_per_prompt=1,
+            do_classifier_free_guidance=guided, negative_prompt=negative_prompt,
+        )
+        time_ids = pipe._get_add_time_ids(
+            (height, width), (0, 0), (height, width), dtype=text.dtype,
+            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+        ).to(self.device)
+        if guided:
+            return torch.cat([negative, text]), {
+                "text_embeds": torch.cat([negative_pooled, pooled]), "time_ids": torch.cat([time_ids, time_ids])
+            }
+        return text, {"text_embeds": pooled, "time_ids": time_ids}
+
+    def _step_generator(self, generator: torch.Generator, seed: int, patched: bool) -> torch.Generator:
+        """The generator of stochastic samplers' step noise (ancestral Euler: SDXL-Turbo's).
+
+        One rank continues the initial-noise generator, as diffusers' pipeline does. Row
+        patches each need their own draws: one shared stream would give every patch the same
+        noise, a pattern repeated down the image."""
+        if not patched:
+            return generator
+        return torch.Generator("cpu").manual_seed((seed * 1_000_003 + 1 + self.parallel.rank) % 2**63)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE decode; SDXL's VAE overflows in float16 (``force_upcast``), so it decodes in float32
+        (as in diffusers' SDXL pipeline; SD 1.x's VAE decodes in float16 there and here)."""
+        vae = self.pipe.vae
+        if self.is_xl and vae.dtype == torch.float16 and vae.config.force_upcast:
+            vae.to(torch.float32)
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        return vae.decode(latents, return_dict=False)[0]
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

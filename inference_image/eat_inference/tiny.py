@@ -1,11 +1,14 @@
-"""A tiny Stable Diffusion with random weights, saved in diffusers format.
+"""A tiny Stable Diffusion (and a tiny SDXL) with random weights, saved in diffusers format.
 
 Tests, the demo and the CPU benchmark need a model that loads through the same
-``from_pretrained`` path as real SD 1.x weights, but nothing can be downloaded here. This
+``from_pretrained`` path as real SD 1.x or SDXL weights, but nothing can be downloaded here. This
 module builds one from configs alone: a small UNet with cross- and self-attention at two
 levels, a two-level VAE, a two-layer CLIP text encoder and a byte-level CLIP tokenizer whose
 vocabulary is written locally (the 256 byte symbols, their end-of-word forms and a few
 merges). Weights come from a seeded generator, so the same seed gives the same model.
+The SDXL one (``preset="tiny-xl"``) has SDXL's structure at toy width: two text encoders (the
+second with a projection, for the pooled embedding), a UNet with three levels, the
+``text_time`` added conditioning and two transformer layers per block, and Euler sampling.
 
 This is our counterpart of diffusers' ``get_dummy_components()`` in its pipeline tests.
 """
@@ -15,11 +18,22 @@ from __future__ import annotations
 import pathlib
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 TEXT_DIM = 32
 """Width of the text encoder; the UNet's cross-attention dimension."""
+_TOY_UNET: dict = dict(  # type: ignore[type-arg]
+    sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8
+)
+"""The tiny UNets' shape: three levels (two downsamplings) at toy width."""
 
 # A handful of merges so that common prompt words become single tokens, as in CLIP's vocab.
 _WORDS = ("a", "an", "the", "of", "cat", "dog", "photo", "red", "blue", "house", "tree", "sky", "painting")
@@ -73,7 +87,7 @@ def make_components(seed: int = 0, preset: str = "tiny") -> dict[str, object]:
     (bench/inference_step.py), not for looking at.
     """
     if preset not in ("tiny", "sd15"):
-        raise ValueError(f"`preset` must be 'tiny' or 'sd15', got {preset!r}")
+        raise ValueError(f"`preset` must be 'tiny' or 'sd15' (SD 1.x components), got {preset!r}")
     sd15 = preset == "sd15"
     text_dim = 768 if sd15 else TEXT_DIM
     torch.manual_seed(seed)
@@ -89,44 +103,17 @@ def make_components(seed: int = 0, preset: str = "tiny") -> dict[str, object]:
         )
     else:
         unet = UNet2DConditionModel(
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64, 64),
-            layers_per_block=1,
+            **_TOY_UNET,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=TEXT_DIM,
             attention_head_dim=8,
-            norm_num_groups=8,
         )
     torch.manual_seed(seed + 1)
-    levels = 4 if sd15 else 2
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32, 32)[:levels],
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=512 if sd15 else 64,
-    )
+    vae = _vae(levels=4 if sd15 else 2)
     tokenizer = make_tokenizer()
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=text_dim,
-            intermediate_size=2 * text_dim,
-            num_hidden_layers=1 if sd15 else 2,
-            num_attention_heads=12 if sd15 else 4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(_text_config(tokenizer, text_dim, layers=1 if sd15 else 2, heads=12 if sd15 else 4))
     # SD 1.x's scheduler settings (scaled-linear betas), deterministic DDIM sampling.
     scheduler = DDIMScheduler(
         beta_start=0.00085,
@@ -139,8 +126,80 @@ def make_components(seed: int = 0, preset: str = "tiny") -> dict[str, object]:
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-def make_pipeline(seed: int = 0, preset: str = "tiny") -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` of :func:`make_components` (no safety checker)."""
+def _vae(levels: int) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32, 32, 32)[:levels],
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=512 if levels == 4 else 64,
+    )
+
+
+def _text_config(
+    tokenizer: CLIPTokenizer, width: int, layers: int, heads: int, projection_dim: int = 512
+) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=projection_dim,
+    )
+
+
+def make_xl_components(seed: int = 0) -> dict[str, object]:
+    """The seven components of an SDXL pipeline at toy width, seeded random weights.
+
+    Like SDXL: the UNet's first level has no attention, the deeper ones two transformer layers
+    each; cross-attention reads both text encoders' hidden states side by side (2 × 32); the
+    added conditioning is the second encoder's pooled, projected embedding plus six time ids
+    (each a sinusoidal embedding of width 8). Unlike SDXL, the VAE halves once (not ×8)."""
+    time_id_dim = 8
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        **_TOY_UNET,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 2),
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        cross_attention_dim=2 * TEXT_DIM,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_id_dim,
+        projection_class_embeddings_input_dim=6 * time_id_dim + TEXT_DIM,
+    )
+    torch.manual_seed(seed + 1)
+    vae = _vae(levels=2)  # force_upcast, AutoencoderKL's default, as SDXL's: it decodes in float32
+    tokenizer = make_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, TEXT_DIM, layers=2, heads=4))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(
+        _text_config(tokenizer, TEXT_DIM, layers=2, heads=4, projection_dim=TEXT_DIM)
+    )
+    # SDXL's scheduler settings: scaled-linear betas, Euler, leading spacing.
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    return {
+        "unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer, "tokenizer_2": make_tokenizer(), "scheduler": scheduler,
+    }
+
+
+def make_pipeline(seed: int = 0, preset: str = "tiny") -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A pipeline of :func:`make_components` (no safety checker), or of :func:`make_xl_components`."""
+    if preset == "tiny-xl":
+        return StableDiffusionXLPipeline(**make_xl_components(seed), add_watermarker=False)  # type: ignore[arg-type]
     return StableDiffusionPipeline(
         **make_components(seed, preset),  # type: ignore[arg-type]
         safety_checker=None,
@@ -149,8 +208,8 @@ def make_pipeline(seed: int = 0, preset: str = "tiny") -> StableDiffusionPipelin
     )
 
 
-def save_tiny_model(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
-    """Build the tiny model and save it in diffusers format under ``path``; return the path."""
+def save_tiny_model(path: str | pathlib.Path, seed: int = 0, preset: str = "tiny") -> pathlib.Path:
+    """Build a tiny model (``tiny`` or ``tiny-xl``) and save it in diffusers format under ``path``."""
     out = pathlib.Path(path)
-    make_pipeline(seed).save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
+    make_pipeline(seed, preset).save_pretrained(out, safe_serialization=True)  # type: ignore[union-attr]
     return out

@@ -166,7 +166,7 @@ def test_defaults_wire_components_together() -> None:
     op = env_of(container(objs, "operator"))
     assert op["EAT_OPERATOR_POLICY_URL"] == f"http://eat-policy.{RELEASE_NS}.svc:8000"
     assert "eat-policy" in services and services["eat-policy"]["spec"]["ports"][0]["port"] == 8000
-    assert json.loads(op["EAT_OPERATOR_MODELS"]) == ["sd15"]  # what eat-inference runs
+    assert json.loads(op["EAT_OPERATOR_MODELS"]) == ["sd15", "sdxl", "sdxl-turbo"]  # what eat-inference runs
     assert op["EAT_OPERATOR_LEADER_ELECTION"] == "true" and op["EAT_OPERATOR_LEASE_NAME"] == "eat-operator"
     assert op["EAT_OPERATOR_IDENTITY"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert op["EAT_OPERATOR_IMAGE"] == "eat-inference:0.1.0"

@@ -100,6 +100,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_xl_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The tiny SDXL in diffusers format, built once per session."""
+    pytest.importorskip("diffusers")
+    from eat_inference import tiny
+
+    return tiny.save_tiny_model(tmp_path_factory.mktemp("tiny-xl") / "tiny-xl", preset="tiny-xl")
+
+
+@pytest.fixture(scope="session")
 def tiny_store(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A model store directory holding the tiny model as tiny-sd.tar (+ .sha256)."""
     from eat_inference import cache

@@ -4,6 +4,9 @@
 - ``displaced`` (DistriFusion) is close to it, and much closer than ``naive`` patches;
 - ``cfg`` (2 ranks, one guidance branch each) equals the single-rank image.
 
+Each holds for the tiny SD 1.x and the tiny SDXL (two text encoders, pooled embedding and
+time ids, attention only at the deeper levels).
+
 Tolerance for "equals": max |Δ| ≤ 1e-4 on the float image in [0, 1] (float32 on CPU; the
 parts differ only in reduction order: GroupNorm statistics combined from patches, attention
 over gathered keys). PSNRs are printed (``-s``) and asserted with margins.
@@ -33,23 +36,35 @@ def _gang(world: int, modes: str, model: pathlib.Path, out: pathlib.Path) -> pat
     return out
 
 
+KINDS = [pytest.param("sd", id="sd"), pytest.param("xl", id="sdxl")]
+
+
+def _model(request: pytest.FixtureRequest, kind: str) -> pathlib.Path:
+    return request.getfixturevalue("tiny_model" if kind == "sd" else "tiny_xl_model")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="module")
-def reference(tiny_model: pathlib.Path) -> np.ndarray:
+def reference(request: pytest.FixtureRequest, kind: str) -> np.ndarray:
     """The single-rank image, made in this process (no process group at world size 1)."""
-    pp = pipeline.PatchParallelPipeline.from_pretrained(str(tiny_model), pipeline.Parallel(mode="sync"))
+    pp = pipeline.PatchParallelPipeline.from_pretrained(str(_model(request, kind)), pipeline.Parallel(mode="sync"))
     result = pp("a photo of a cat", num_inference_steps=STEPS, guidance_scale=7.5, seed=1)
     assert result.image is not None
     return result.image
 
 
 @pytest.fixture(scope="module")
-def gang2(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return _gang(2, "sync,displaced,naive,cfg", tiny_model, tmp_path_factory.mktemp("gang2"))
+def gang2(request: pytest.FixtureRequest, kind: str, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return _gang(2, "sync,displaced,naive,cfg", _model(request, kind), tmp_path_factory.mktemp(f"gang2-{kind}"))
 
 
 @pytest.fixture(scope="module")
-def gang4(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return _gang(4, "sync,displaced,naive", tiny_model, tmp_path_factory.mktemp("gang4"))
+def gang4(request: pytest.FixtureRequest, kind: str, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return _gang(4, "sync,displaced,naive", _model(request, kind), tmp_path_factory.mktemp(f"gang4-{kind}"))
 
 
 @pytest.fixture
@@ -73,12 +88,14 @@ def test_all_steps_synchronous_equals_single_rank(images: pathlib.Path, referenc
 
 
 @pytest.mark.parametrize("world", WORLDS)
-def test_displaced_is_much_closer_than_naive(images: pathlib.Path, reference: np.ndarray, world: int) -> None:
+def test_displaced_is_much_closer_than_naive(
+    images: pathlib.Path, reference: np.ndarray, world: int, kind: str
+) -> None:
     ref = reference
     displaced = pipeline.psnr(_load(images, "displaced", world), ref)
     naive = pipeline.psnr(_load(images, "naive", world), ref)
     print(
-        f"\n{world} ranks, {STEPS} steps ({WARMUP} synchronous): PSNR vs single rank: displaced {displaced:.1f} dB, naive {naive:.1f} dB"
+        f"\n{kind}, {world} ranks, {STEPS} steps ({WARMUP} synchronous): PSNR vs single rank: displaced {displaced:.1f} dB, naive {naive:.1f} dB"
     )
     assert displaced >= 38.0
     assert displaced >= naive + 10.0

@@ -11,7 +11,12 @@ pytest.importorskip("diffusers")
 
 import torch
 import torch.distributed as dist
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    EulerAncestralDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from eat_inference import cli, patches, pipeline
 from typer.testing import CliRunner
 
@@ -43,6 +48,82 @@ def test_single_rank_equals_diffusers_pipeline(tiny_model: pathlib.Path) -> None
     ).images[0]
     assert result.image is not None and len(result.step_s) == 3
     np.testing.assert_allclose(result.image, image, atol=1e-5)
+
+
+def test_make_tiny_xl_model_command(tmp_path: pathlib.Path) -> None:
+    result = CliRunner().invoke(cli.app, ["make-tiny-model", str(tmp_path / "xl"), "--preset", "tiny-xl"])
+    assert result.exit_code == 0, result.output
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "xl", local_files_only=True)
+    assert pipe.text_encoder_2.config.projection_dim == pipe.unet.config.projection_class_embeddings_input_dim - 6 * 8
+    assert pipe.unet.config.addition_embed_type == "text_time" and pipe.vae.config.force_upcast
+    bad = CliRunner().invoke(cli.app, ["make-tiny-model", str(tmp_path / "x"), "--preset", "sd3"])
+    assert bad.exit_code == 2 and "tiny or tiny-xl" in bad.output
+
+
+def _with_ancestral_sampler(model: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """The tiny SDXL with SDXL-Turbo's sampler: ancestral Euler, trailing timesteps (noise every step)."""
+    import shutil
+
+    copy = tmp_path / "tiny-xl-turbo"
+    shutil.copytree(model, copy)
+    scheduler = EulerAncestralDiscreteScheduler.from_pretrained(model / "scheduler", timestep_spacing="trailing")
+    scheduler.save_pretrained(copy / "scheduler")
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("sampler", "guidance"),
+    [pytest.param("euler", 7.5, id="sdxl-euler-guided"), pytest.param("ancestral", 0.0, id="sdxl-turbo-like")],
+)
+def test_single_rank_equals_diffusers_xl_pipeline(
+    tiny_xl_model: pathlib.Path, tmp_path: pathlib.Path, sampler: str, guidance: float
+) -> None:
+    """For SDXL too: pooled embeddings, time ids and the sampler's own noise as diffusers makes them."""
+    model = tiny_xl_model if sampler == "euler" else _with_ancestral_sampler(tiny_xl_model, tmp_path)
+    ours = pipeline.PatchParallelPipeline.from_pretrained(str(model), pipeline.Parallel())
+    assert ours.is_xl
+    result = ours("a photo of a cat", "a dog", num_inference_steps=3, guidance_scale=guidance, seed=3)
+    theirs = StableDiffusionXLPipeline.from_pretrained(model, local_files_only=True)
+    theirs.set_progress_bar_config(disable=True)
+    image = theirs(
+        "a photo of a cat",
+        negative_prompt="a dog",
+        num_inference_steps=3,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images[0]
+    assert result.image is not None and result.image.shape == (64, 64, 3)
+    np.testing.assert_allclose(result.image, image, atol=1e-5)
+
+
+def test_sdxl_in_float16_decodes_in_float32(tiny_xl_model: pathlib.Path) -> None:
+    """SDXL's VAE overflows in float16 (``force_upcast``): the UNet runs in half precision, the
+    decode in float32, and the image matches the all-float32 one up to half-precision rounding."""
+    half = pipeline.PatchParallelPipeline.from_pretrained(str(tiny_xl_model), pipeline.Parallel(), dtype=torch.float16)
+    image = half("a photo of a cat", num_inference_steps=2, seed=1).image
+    assert half.pipe.unet.dtype == torch.float16 and half.pipe.vae.dtype == torch.float32
+    full = pipeline.PatchParallelPipeline.from_pretrained(str(tiny_xl_model), pipeline.Parallel())
+    reference = full("a photo of a cat", num_inference_steps=2, seed=1).image
+    assert image is not None and reference is not None and np.isfinite(image).all()
+    assert np.abs(image - reference).max() < 0.02
+
+
+def test_row_patches_draw_their_own_sampler_noise(tiny_xl_model: pathlib.Path) -> None:
+    """An ancestral sampler adds fresh noise every step: each row patch needs its own draws
+    (one shared stream repeats the same noise in every patch); one rank keeps diffusers' stream."""
+
+    def first_draws(rank: int, world: int, seed: int) -> torch.Tensor:
+        pp = pipeline.PatchParallelPipeline.from_pretrained(
+            str(tiny_xl_model), pipeline.Parallel(mode="naive", rank=rank, world_size=world)
+        )
+        latent_stream = torch.Generator().manual_seed(seed)
+        return torch.randn(4, generator=pp._step_generator(latent_stream, seed, patched=world > 1))
+
+    assert torch.equal(first_draws(0, 1, 5), torch.randn(4, generator=torch.Generator().manual_seed(5)))
+    assert not torch.equal(first_draws(0, 2, 5), first_draws(1, 2, 5))
+    assert torch.equal(first_draws(1, 2, 5), first_draws(1, 2, 5))
+    assert not torch.equal(first_draws(1, 2, 5), first_draws(1, 2, 6))
 
 
 @pytest.fixture

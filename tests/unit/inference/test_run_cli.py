@@ -122,23 +122,42 @@ def test_an_output_uri_that_is_not_s3_is_bad_input(tmp_path: pathlib.Path, tiny_
     assert done.returncode == 2 and "output_uri" in done.stderr, done.stderr[-3000:]
 
 
-def test_an_sdxl_model_is_refused_as_bad_input_before_loading(tmp_path: pathlib.Path, tiny_model: pathlib.Path) -> None:
-    """SDXL's UNet needs inputs this runner does not make: every rank says so and exits 2 (bad
-    input) at once, instead of crashing in the first step with a TypeError (exit 1) and a retry."""
+def test_another_pipeline_is_refused_as_bad_input_before_loading(tmp_path: pathlib.Path,
+                                                                  tiny_model: pathlib.Path) -> None:
+    """A pipeline whose inputs are not a text-to-image UNet's (here an SDXL refiner) cannot run:
+    every rank says so and exits 2 (bad input) at once, instead of crashing in the first step
+    with a TypeError (exit 1) and a retry."""
     import shutil
 
     from eat_inference import cache
 
-    xl = tmp_path / "tiny-xl"
-    shutil.copytree(tiny_model, xl)
-    index = json.loads((xl / "model_index.json").read_text())
-    (xl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
-    cache.pack(xl, tmp_path / "store", "tiny-xl")
-    done = launch(eat_infer("run", "--model", "tiny-xl", "--store", str(tmp_path / "store"), "--cache-dir",
+    refiner = tmp_path / "tiny-refiner"
+    shutil.copytree(tiny_model, refiner)
+    index = json.loads((refiner / "model_index.json").read_text())
+    (refiner / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    cache.pack(refiner, tmp_path / "store", "tiny-refiner")
+    done = launch(eat_infer("run", "--model", "tiny-refiner", "--store", str(tmp_path / "store"), "--cache-dir",
                             str(tmp_path / "cache"), "--output", str(tmp_path / "out")), 2, timeout_s=120)
     assert sorted(f.returncode for f in done)[0] == 2 and {f.returncode for f in done} <= {2, 5}
-    assert all("holds a StableDiffusionXLPipeline; this runner runs StableDiffusionPipeline only" in f.stderr
-               for f in done if f.returncode == 2)
+    assert all("holds a StableDiffusionXLImg2ImgPipeline; this runner runs StableDiffusionPipeline, "
+               "StableDiffusionXLPipeline only" in f.stderr for f in done if f.returncode == 2)
+
+
+def test_an_sdxl_gang_runs_end_to_end(tmp_path: pathlib.Path, tiny_xl_model: pathlib.Path) -> None:
+    """SDXL through the whole runner: store, cache, rendezvous, two displaced row patches, image."""
+    from eat_inference import cache
+
+    cache.pack(tiny_xl_model, tmp_path / "store", "tiny-xl")
+    args = eat_infer(
+        "run", "--model", "tiny-xl", "--store", str(tmp_path / "store"), "--cache-dir", str(tmp_path / "cache"),
+        "--output", str(tmp_path / "out"), "--steps", "3", "--warmup-steps", "1", "--mode", "displaced",
+    )  # fmt: skip
+    done = launch(args, 2)
+    assert [f.returncode for f in done] == [0, 0], done[0].stderr[-3000:] + done[1].stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["world_size"] == 2 and report["mode"] == "displaced" and report["exchange_bytes_per_step"] > 0
+    image = np.asarray(Image.open(tmp_path / "out" / "image.png"))
+    assert image.shape == (64, 64, 3) and image.std() > 1.0  # an image, not a constant (NaN decodes to black)
 
 
 def test_a_model_that_does_not_load_is_a_model_error_and_leaves_the_cache(tmp_path: pathlib.Path,
