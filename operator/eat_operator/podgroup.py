@@ -16,6 +16,7 @@ import json
 from typing import Any, TypeVar
 
 from eat_policy import api
+from eat_policy.sim import catalog
 
 from eat_operator import settings as settings_mod
 from eat_operator import snapshot, spec as spec_mod
@@ -84,6 +85,13 @@ def service(job: snapshot.JobView, s: settings_mod.Settings) -> Obj:
     }
 
 
+def default_guidance(model: str) -> float | None:
+    """The guidance of a job that sets none: 0 (no classifier-free guidance) for a model the
+    catalog runs without it (SDXL-Turbo, distilled for that; planned at one UNet pass per step),
+    else the runner's default."""
+    return None if catalog.MODEL_BY_NAME[model].cfg else 0.0
+
+
 def pods(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int,
          s: settings_mod.Settings) -> list[Obj]:
     """All k pods of this attempt, rank order."""
@@ -115,8 +123,9 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
     ]
     if spec.negative_prompt:
         env.append({"name": "EAT_INFER_NEGATIVE_PROMPT", "value": spec.negative_prompt})
-    if spec.guidance_scale is not None:
-        env.append({"name": "EAT_INFER_GUIDANCE_SCALE", "value": str(spec.guidance_scale)})
+    guidance = default_guidance(spec.model) if spec.guidance_scale is None else spec.guidance_scale
+    if guidance is not None:
+        env.append({"name": "EAT_INFER_GUIDANCE_SCALE", "value": str(guidance)})
     if spec.seed is not None:
         env.append({"name": "EAT_INFER_SEED", "value": str(spec.seed)})
     if spec.output_location:

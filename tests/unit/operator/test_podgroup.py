@@ -122,6 +122,19 @@ def test_every_variable_the_builder_sets_is_protected_from_extra_env(settings) -
     assert {e["name"] for e in pods[0]["spec"]["containers"][0]["env"]} == settings_mod.JOB_ENV
 
 
+def test_guidance_is_the_jobs_else_none_for_a_model_planned_without_it(settings) -> None:  # type: ignore[no-untyped-def]
+    def guidance(**spec: object) -> str | None:
+        _, pods = build(settings, **spec)
+        env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+        return env.get("EAT_INFER_GUIDANCE_SCALE")
+
+    assert guidance(model="sd15") is None  # the runner's default (7.5)
+    assert guidance(model="sdxl", guidanceScale=5.0) == "5.0"
+    # SDXL-Turbo is simulated and planned at one UNet pass per step: without guidance's second one.
+    assert guidance(model="sdxl-turbo", width=512, height=512, stepsMin=1, stepsMax=4) == "0.0"
+    assert guidance(model="sdxl-turbo", width=512, height=512, stepsMin=1, stepsMax=4, guidanceScale=2.0) == "2.0"
+
+
 def test_sim_fail_annotation_fails_rank_zero_of_the_first_attempts(settings) -> None:  # type: ignore[no-untyped-def]
     j, pods = build(settings, annotations={"eat.aigc.io/sim-fail": "1"})
     assert pods[0]["metadata"]["annotations"]["eat.aigc.io/sim-fail"] == "true"
