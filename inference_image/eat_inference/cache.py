@@ -256,6 +256,12 @@ class Fetched:
         return self.source == "store"
 
 
+# What a fetch of model <key> leaves in tmp/ when it crashes: its download (<key>.tar), its
+# unpacking (<key>.<hex>) and evictions (<key>.evicted.<hex>). Keys may hold dots, so a name
+# can parse two ways ("x.evicted.<hex>": x's eviction, or the unpacking of "x.evicted").
+_LEFTOVER = tuple(re.compile(rf"(?P<key>.+{lazy})\.(tar|(evicted\.)?[0-9a-f]{{32}})") for lazy in ("?", ""))
+
+
 class ModelCache:
     """A node-local, multi-process-safe cache of unpacked models under a byte capacity."""
 
@@ -352,7 +358,7 @@ class ModelCache:
                 self._write_meta(key, last_used=self.clock())
                 return Fetched(name, hit.path, "disk", 0.0, waited, hit.bytes)
             t1 = time.monotonic()
-            self._clean_partial(key)
+            self._clean_leftovers(key)
             path, size, evicted = self._fetch(name, key, store, expected_sha256)
             return Fetched(name, path, "store", time.monotonic() - t1, waited, size, evicted)
 
@@ -401,13 +407,22 @@ class ModelCache:
         finally:
             lock.release()
 
-    def _clean_partial(self, key: str) -> None:
-        """Remove what a crashed fetch of this model left (we hold its lock, so it is not in progress)."""
-        # Its download (<key>.tar), unpacking (<key>.<hex>) and evictions, not "<key>.v2"'s.
-        mine = re.compile(rf"{re.escape(key)}\.(tar|(evicted\.)?[0-9a-f]{{32}})")
+    def _clean_leftovers(self, key: str) -> None:
+        """Before fetching ``key`` (we hold its lock): remove what crashed fetches left, this
+        model's and any other's not in progress (a fetch in progress holds its model's lock).
+        A pod deleted mid-download leaves a partial archive as large as the model, which would
+        otherwise stay until that model is fetched on this node again."""
         for leftover in (self.root / "tmp").iterdir():
-            if mine.fullmatch(leftover.name):
-                _remove(leftover)
+            keys = {m["key"] for pattern in _LEFTOVER if (m := pattern.fullmatch(leftover.name))}
+            with contextlib.ExitStack() as held:  # a name two models could have left: both locks
+                try:
+                    for k in sorted(keys - {key}):
+                        held.enter_context(filelock.FileLock(str(self.root / "locks" / f"{k}.lock"), timeout=0))
+                except filelock.Timeout:
+                    continue
+                if keys:
+                    logger.info("removing %s, left by a fetch that did not finish", leftover.name)
+                    _remove(leftover)
         d = self.root / "models" / key
         if d.exists():
             logger.warning("removing damaged or incomplete cached model %s", key)

@@ -195,19 +195,26 @@ def test_damaged_cached_model_is_fetched_again(tmp_path: pathlib.Path, store: pa
     assert weights.stat().st_size == MiB
 
 
-def test_leftovers_of_a_crashed_fetch_are_cleaned(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
-    """Its own only: model "a.v2"'s download in progress is not "a"'s leftover."""
+def test_leftovers_of_crashed_fetches_are_cleaned(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    """Before a fetch: this model's leftovers and other models' whose fetch is not in progress
+    (its lock is free), not a download another process is making ("a.v2" is not "a")."""
+    import filelock
+
     c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
     hex32 = "0123456789abcdef" * 2
-    for leftover in ("a.tar", f"a.{hex32}", f"a.evicted.{hex32}"):  # download, unpacking, eviction
-        (c.root / "tmp" / leftover).write_bytes(b"half")
-    others = ("a.v2.tar", f"a.v2.{hex32}")
-    for other in others:
-        (c.root / "tmp" / other).write_bytes(b"in progress")
+    crashed = ("a.tar", f"a.{hex32}", f"a.evicted.{hex32}", "b.tar", f"c.{hex32}")  # download, unpacking, eviction
+    in_progress = ("a.v2.tar", f"a.v2.{hex32}", f"x.evicted.{hex32}")  # the last: x's eviction or x.evicted's unpacking
+    for name in crashed + in_progress:
+        (c.root / "tmp" / name).write_bytes(b"half")
+    (c.root / "tmp" / "notes.txt").write_text("not a fetch's")
     (c.root / "models" / "a").mkdir()  # no marker: never completed
     assert c.get("a") is None
-    assert c.ensure("a", cache.LocalStore(store)).cold
-    assert sorted(p.name for p in (c.root / "tmp").iterdir()) == sorted(others)
+    fetching = [filelock.FileLock(str(c.root / "locks" / f"{key}.lock")) for key in ("a.v2", "x.evicted")]
+    with fetching[0], fetching[1]:
+        assert c.ensure("a", cache.LocalStore(store)).cold
+    assert sorted(p.name for p in (c.root / "tmp").iterdir()) == sorted((*in_progress, "notes.txt"))
+    assert c.ensure("b", cache.LocalStore(store)).cold  # nothing holds a.v2's or x.evicted's lock now
+    assert sorted(p.name for p in (c.root / "tmp").iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("name", ["../etc", "/abs", "a b", "", "x" * 200, "org--model"])
