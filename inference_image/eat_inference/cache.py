@@ -332,8 +332,14 @@ class ModelCache:
         os.replace(tmp, path)
 
     def record_load(self, name: str, seconds: float) -> None:
-        """Remember how long the last load took (fetch included when cold), for the node agent."""
-        self._write_meta(key_of(name), last_load_s=seconds, last_used=self.clock())
+        """Remember how long the last load took (fetch included when cold), for the node agent.
+
+        Nothing for a model evicted since it was loaded: its metadata went with it, and a
+        later fetch must not inherit a stale load time."""
+        key = key_of(name)
+        with self.in_use(name):  # no eviction between the check and the write
+            if (self.root / "models" / key).is_dir():
+                self._write_meta(key, last_load_s=seconds, last_used=self.clock())
 
     # -- making a model available --
 

@@ -242,6 +242,20 @@ def test_record_load_feeds_the_agent(tmp_path: pathlib.Path, store: pathlib.Path
     assert 0 < c.free_bytes() <= 10 * MiB - m.bytes
 
 
+def test_a_load_recorded_after_eviction_leaves_nothing(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    """A load timed just before its model was evicted must not leave metadata that the next
+    fetch of that model would inherit as its own load time."""
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    c.ensure("a", cache.LocalStore(store))
+    c.record_load("a", 99.0)
+    assert c.evict("a")
+    c.record_load("a", 1.25)  # the runner's report, after the eviction
+    assert not (c.root / "meta" / "a.json").exists()
+    c.ensure("a", cache.LocalStore(store))
+    m = c.get("a")
+    assert m is not None and m.last_load_s is None
+
+
 def test_a_model_named_cache_does_not_take_the_cache_wide_lock(tmp_path: pathlib.Path) -> None:
     s = tmp_path / "store"
     cache.pack(make_model(tmp_path, "cache", MiB // 4), s, "cache")
