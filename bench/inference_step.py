@@ -6,10 +6,12 @@ median over the displaced steps of a run (all steps when there are no displaced 
 the figure printed is the median over runs, per rank. Also printed: the speed-up against
 one rank and the PSNR of the image against the single-rank image (inf: identical).
 
-CPU default: the tiny random SD (64×64 px), one thread per rank. On a GPU machine:
-``--preset sd15 --device cuda --resolutions 512 1024 1440`` times an SD-1.5-sized UNet
-(random weights); those figures calibrate the simulator's per-step latency model. Heights
-must split into whole rows at the UNet's coarsest level (a multiple of 64·ranks px for SD 1.5).
+CPU default: the tiny random SD (64×64 px), one thread per rank (``--preset tiny-xl``: the
+tiny SDXL). On a GPU machine: ``--preset sd15 --device cuda --resolutions 512 1024 1440``
+times an SD-1.5-sized UNet, ``--preset sdxl --device cuda --resolutions 1024 1280`` an
+SDXL-sized one (random weights, built on the GPU); those figures calibrate the simulator's
+per-step latency model. Heights must split into whole rows at the UNet's coarsest level (a
+multiple of 64·ranks px for SD 1.5, 32·ranks px for SDXL).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ PATHS = [str(REPO / "inference_image"), str(REPO / "policy")]
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="tiny", choices=["tiny", "sd15"], help="random-weight model size")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "sd15", "tiny-xl", "sdxl"],
+                   help="random-weight model: SD 1.x or SDXL structure, toy or real size")
     p.add_argument("--model", help="a diffusers folder instead of a preset")
     p.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--modes", nargs="+", default=["sync", "displaced", "naive", "cfg"])
@@ -70,7 +73,8 @@ def worker(args: argparse.Namespace) -> None:
     if args.model:
         pp = pipeline.PatchParallelPipeline.from_pretrained(args.model, parallel, device, dtype)
     else:
-        pp = pipeline.PatchParallelPipeline(tiny.make_pipeline(0, args.preset).to(device, dtype), parallel)
+        with device:  # random weights made where they run: SDXL's 2.6 B would take minutes on the CPU
+            pp = pipeline.PatchParallelPipeline(tiny.make_pipeline(0, args.preset).to(device, dtype), parallel)
     res = args.resolution
     medians, image = [], None
     for _ in range(args.runs + 1):  # the first run warms up kernels and allocators
@@ -136,7 +140,7 @@ def main() -> None:
     sys.path[:0] = PATHS
     from eat_inference import pipeline
 
-    default_res = 64 if args.preset == "tiny" else 512
+    default_res = {"tiny": 64, "tiny-xl": 64, "sd15": 512, "sdxl": 1024}[args.preset]
     resolutions = args.resolutions or [default_res]
     where = f"{args.device}, {args.threads} thread(s) per rank" if args.device == "cpu" else "cuda"
     print(f"per-step time (median over displaced steps, then over {args.runs} runs), {args.steps} steps "

@@ -156,35 +156,55 @@ def _text_config(
     )
 
 
-def make_xl_components(seed: int = 0) -> dict[str, object]:
-    """The seven components of an SDXL pipeline at toy width, seeded random weights.
+_XL_TEXT_WIDTHS = (768, 1280)
+"""SDXL's two text encoders: CLIP ViT-L and OpenCLIP ViT-bigG (projected to 1280 for the pooled embedding)."""
 
-    Like SDXL: the UNet's first level has no attention, the deeper ones two transformer layers
-    each; cross-attention reads both text encoders' hidden states side by side (2 × 32); the
-    added conditioning is the second encoder's pooled, projected embedding plus six time ids
-    (each a sinusoidal embedding of width 8). Unlike SDXL, the VAE halves once (not ×8)."""
-    time_id_dim = 8
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        **_TOY_UNET,
+
+def xl_unet(full: bool) -> UNet2DConditionModel:
+    """SDXL's UNet (``full``: SDXL's exact shape) or the toy one of ``tiny-xl``."""
+    widths = _XL_TEXT_WIDTHS if full else (TEXT_DIM, TEXT_DIM)
+    time_id_dim = 256 if full else 8
+    return UNet2DConditionModel(
+        **(dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2) if full else _TOY_UNET),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 2),
-        attention_head_dim=(2, 4, 4),
+        transformer_layers_per_block=(1, 2, 10) if full else (1, 2, 2),
+        attention_head_dim=(5, 10, 20) if full else (2, 4, 4),
         use_linear_projection=True,
-        cross_attention_dim=2 * TEXT_DIM,
+        cross_attention_dim=sum(widths),
         addition_embed_type="text_time",
         addition_time_embed_dim=time_id_dim,
-        projection_class_embeddings_input_dim=6 * time_id_dim + TEXT_DIM,
+        projection_class_embeddings_input_dim=6 * time_id_dim + widths[1],
     )
+
+
+def make_xl_components(seed: int = 0, preset: str = "tiny-xl") -> dict[str, object]:
+    """The seven components of an SDXL pipeline with seeded random weights.
+
+    ``tiny-xl``: SDXL's structure at toy width. Like SDXL: the UNet's first level has no
+    attention, the deeper ones two transformer layers each; cross-attention reads both text
+    encoders' hidden states side by side (2 × 32); the added conditioning is the second
+    encoder's pooled, projected embedding plus six time ids (each a sinusoidal embedding of
+    width 8). Unlike SDXL, the VAE halves once (not ×8).
+
+    ``sdxl``: SDXL's UNet exactly (2.6 B parameters: 1, 2 and 10 transformer layers per level),
+    with a small ×8 VAE and one-layer text encoders of SDXL's widths (768 and 1280): for timing
+    the UNet step on a GPU (bench/inference_step.py), not for looking at."""
+    if preset not in ("tiny-xl", "sdxl"):
+        raise ValueError(f"`preset` must be 'tiny-xl' or 'sdxl' (SDXL components), got {preset!r}")
+    full = preset == "sdxl"
+    widths = _XL_TEXT_WIDTHS if full else (TEXT_DIM, TEXT_DIM)
+    torch.manual_seed(seed)
+    unet = xl_unet(full)
     torch.manual_seed(seed + 1)
-    vae = _vae(levels=2)  # force_upcast, AutoencoderKL's default, as SDXL's: it decodes in float32
+    vae = _vae(levels=4 if full else 2)  # force_upcast, AutoencoderKL's default, as SDXL's: decoded in float32
     tokenizer = make_tokenizer()
+    layers, heads = (1, (12, 20)) if full else (2, (4, 4))
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(_text_config(tokenizer, TEXT_DIM, layers=2, heads=4))
+    text_encoder = CLIPTextModel(_text_config(tokenizer, widths[0], layers=layers, heads=heads[0]))
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(
-        _text_config(tokenizer, TEXT_DIM, layers=2, heads=4, projection_dim=TEXT_DIM)
+        _text_config(tokenizer, widths[1], layers=layers, heads=heads[1], projection_dim=widths[1])
     )
     # SDXL's scheduler settings: scaled-linear betas, Euler, leading spacing.
     scheduler = EulerDiscreteScheduler(
@@ -198,8 +218,8 @@ def make_xl_components(seed: int = 0) -> dict[str, object]:
 
 def make_pipeline(seed: int = 0, preset: str = "tiny") -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     """A pipeline of :func:`make_components` (no safety checker), or of :func:`make_xl_components`."""
-    if preset == "tiny-xl":
-        return StableDiffusionXLPipeline(**make_xl_components(seed), add_watermarker=False)  # type: ignore[arg-type]
+    if preset in ("tiny-xl", "sdxl"):
+        return StableDiffusionXLPipeline(**make_xl_components(seed, preset), add_watermarker=False)  # type: ignore[arg-type]
     return StableDiffusionPipeline(
         **make_components(seed, preset),  # type: ignore[arg-type]
         safety_checker=None,

@@ -60,6 +60,17 @@ def test_make_tiny_xl_model_command(tmp_path: pathlib.Path) -> None:
     assert bad.exit_code == 2 and "tiny or tiny-xl" in bad.output
 
 
+def test_the_sdxl_bench_preset_has_sdxls_unet() -> None:
+    """bench/inference_step.py --preset sdxl times SDXL's UNet: 2,567,463,684 parameters, as in
+    stabilityai/stable-diffusion-xl-base-1.0 (counted on the meta device: no memory)."""
+    from eat_inference import tiny
+
+    with torch.device("meta"):
+        unet = tiny.xl_unet(full=True)
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+    assert unet.config.cross_attention_dim == 2048 and unet.config.projection_class_embeddings_input_dim == 2816
+
+
 def _with_ancestral_sampler(model: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     """The tiny SDXL with SDXL-Turbo's sampler: ancestral Euler, trailing timesteps (noise every step)."""
     import shutil
