@@ -41,7 +41,9 @@ class Simulator:
         self.seed = seed
         self.trace = traces.make_trace(sc, seed)
         self._k_max = _k_max(sc, self.trace)
-        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+        # Failures and run-time noise from streams of their own (per node, per job attempt), so
+        # that every policy meets the same failures and the same job runs the same on the seed.
+        self._failure_rngs = [np.random.default_rng([seed, 0xFA11, node]) for node in range(lay.n_nodes)]
         n, n_models = len(self.trace), len(self.model_names)
         self.now = 0.0
         self.end_s = sc.cut_s if sc.cut_s is not None else float(self.trace.arrival_s[-1]) + sc.grace_s
@@ -105,7 +107,8 @@ class Simulator:
         duration = placement.duration_s(d.steps)
         if self.scenario.noise_cv > 0:
             sigma = math.sqrt(math.log(1 + self.scenario.noise_cv**2))
-            duration *= float(self.rng.lognormal(-sigma**2 / 2, sigma))
+            noise = np.random.default_rng([self.seed, 0x0153, job, int(self.records.attempts[job])])
+            duration *= float(noise.lognormal(-sigma**2 / 2, sigma))
         finish = self.now + duration
         wait = self.now - float(self.trace.arrival_s[job])
         reward = self._reward(snap, d, placement, duration, wait)
@@ -237,7 +240,7 @@ class Simulator:
 
     def _schedule_failure(self, node: int) -> None:
         rate_s = self.scenario.failures_per_node_h / 3600.0
-        self._push_event(self.now + float(self.rng.exponential(1.0 / rate_s)), "fail", node)
+        self._push_event(self.now + float(self._failure_rngs[node].exponential(1.0 / rate_s)), "fail", node)
 
     def _push_event(self, t: float, kind: str, node: int) -> None:
         heapq.heappush(self._events, (t, self._seq, kind, node))

@@ -21,6 +21,8 @@ class JobRecords:
     steps: np.ndarray
     quality: np.ndarray
     cold: np.ndarray
+    """Whether the job's latest dispatch had to load its model."""
+    cold_dispatches: np.ndarray
     reward: np.ndarray
     attempts: np.ndarray
 
@@ -28,11 +30,12 @@ class JobRecords:
     def empty(cls, n: int) -> "JobRecords":
         nan = np.full(n, np.nan)
         return cls(nan.copy(), nan.copy(), np.zeros(n, np.int64), np.zeros(n, np.int64), nan.copy(),
-                   np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64))
+                   np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.int64))
 
     def start(self, job: int, now: float, k: int, steps: int, quality: float, cache: str, reward: float) -> None:
         self.start_s[job], self.k[job], self.steps[job], self.quality[job] = now, k, steps, quality
         self.cold[job] = cache not in ("resident", "warm")
+        self.cold_dispatches[job] += self.cold[job]
         self.reward[job] += reward
         self.attempts[job] += 1
 
@@ -92,7 +95,7 @@ def summarise(rec: JobRecords, trace: traces.Trace, end_s: float, n_gpus: int, b
         resp_p99_s=_stat(response, lambda x: np.percentile(x, 99)),
         deadline_attainment=float(met.mean()) if n_arrived and has_deadline.all() else float("nan"),
         quality_mean=_stat(rec.quality[done], np.mean),
-        cold_start_rate=_stat(rec.cold[started].astype(float), np.mean),
+        cold_start_rate=float(rec.cold_dispatches.sum() / rec.attempts.sum()) if rec.attempts.sum() else float("nan"),
         gpu_util=busy_gpu_s / (n_gpus * end_s) if end_s > 0 else 0.0,
         reward=float(rec.reward.sum()),
         mean_k=_stat(rec.k[started].astype(float), np.mean),

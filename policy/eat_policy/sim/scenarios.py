@@ -57,6 +57,9 @@ class Scenario:
         _check(all(k in (1, 2, 4, 8) for k in self.k_choices), f"k_choices must be among 1, 2, 4, 8, got {self.k_choices}")
         if self.name == "paper":
             _check(max(self.k_choices) <= self.n_nodes, f"k up to {max(self.k_choices)} needs at least that many nodes")
+            # The prototype's model (paper-notes.md) has Poisson arrivals and no node failures.
+            _check(self.arrival == "poisson", f"the paper scenario's arrivals are Poisson, got {self.arrival!r}")
+            _check(self.failures_per_node_h == 0, "the paper scenario has no node failures")
 
 
 class ScenarioError(ValueError):

@@ -75,8 +75,20 @@ def _edge_trace(sc: scenarios.Scenario, rng: np.random.Generator) -> Trace:
     deadline = np.array([QOS_CLASSES[c][1] for c in qos]) * ref + np.array([QOS_CLASSES[c][2] for c in qos])
     rate = rate_for_load(sc) if sc.load is not None else sc.rate
     arrivals = _arrival_times(sc, rate, n, rng)
-    k = rng.choice(np.array(sc.k_choices), n) if sc.mode == "fixed-k" else np.zeros(n, dtype=int)
+    k = _fixed_k(sc, model, pixels, rng) if sc.mode == "fixed-k" else np.zeros(n, dtype=int)
     return Trace(arrivals, model.astype(np.int64), pixels, steps_min, steps_max, deadline, k.astype(np.int64))
+
+
+def _fixed_k(sc: scenarios.Scenario, model: np.ndarray, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each job's own patch count, among the choices its (square) image splits into: a job asking
+    for more would be refused at admission (the operator's InvalidSpec), so none arrives."""
+    out = np.empty(len(model), dtype=np.int64)
+    for i, (m, px) in enumerate(zip(model, pixels)):
+        fits = [k for k in sc.k_choices if k <= catalog.MODELS[m].max_patches(round(math.sqrt(px)))]
+        if not fits:
+            raise scenarios.ScenarioError(f"no k in {sc.k_choices} splits a {catalog.MODELS[m].name} image of {px:g} px")
+        out[i] = rng.choice(fits)
+    return out
 
 
 def reference_latency_s(model: catalog.ModelSpec, pixels: float, steps: int) -> float:
@@ -122,8 +134,10 @@ def _mmpp(rate: float, n: int, rng: np.random.Generator) -> np.ndarray:
     high = rate * MMPP_HIGH_FACTOR
     low = rate * (1 - MMPP_HIGH_SHARE * MMPP_HIGH_FACTOR) / (1 - MMPP_HIGH_SHARE)
     low_mean_s = MMPP_HIGH_MEAN_S * (1 - MMPP_HIGH_SHARE) / MMPP_HIGH_SHARE
-    out, t, state_high = [], 0.0, False
-    state_end = rng.exponential(low_mean_s)
+    # Start in the stationary mix of states: an episode (about a minute) is much shorter than a
+    # dwell, so always starting low would deliver about half the asked load.
+    out, t, state_high = [], 0.0, bool(rng.random() < MMPP_HIGH_SHARE)
+    state_end = rng.exponential(MMPP_HIGH_MEAN_S if state_high else low_mean_s)
     while len(out) < n:
         lam = high if state_high else low
         nxt = t + rng.exponential(1.0 / lam)
@@ -138,12 +152,14 @@ def _mmpp(rate: float, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _diurnal(rate: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sinusoidal rate λ(t) = rate·(1 + a·sin(2πt/P)) by thinning."""
+    """Sinusoidal rate λ(t) = rate·(1 + a·sin(2π(t + t0)/P)) by thinning, from a time of day t0
+    drawn per episode: an episode lasts minutes of the cycle, so the seeds sample the day."""
     peak = rate * (1 + DIURNAL_AMPLITUDE)
+    t0 = rng.uniform(0.0, DIURNAL_PERIOD_S)
     out, t = [], 0.0
     while len(out) < n:
         t += rng.exponential(1.0 / peak)
-        lam = rate * (1 + DIURNAL_AMPLITUDE * math.sin(2 * math.pi * t / DIURNAL_PERIOD_S))
+        lam = rate * (1 + DIURNAL_AMPLITUDE * math.sin(2 * math.pi * (t + t0) / DIURNAL_PERIOD_S))
         if rng.random() * peak <= lam:
             out.append(t)
     return np.array(out)

@@ -68,10 +68,70 @@ def test_same_seed_same_trace_for_every_policy(small_edge: scenarios.Scenario) -
 def test_failures_requeue_and_every_job_still_accounted() -> None:
     sc = scenarios.edge(n_nodes=4, load=0.8, n_jobs=60, failures_per_node_h=30.0, repair_s=30.0)
     sim = engine.Simulator(sc)
-    run(sim, base.make("edf-cache"), seed=2)
+    run(sim, base.make("edf-cache"), seed=0)
     assert sim.records.attempts.max() > 1  # some job was killed and ran again
     m = sim.metrics()
     assert m.finished + m.unfinished == m.arrived
+
+
+def test_every_policy_meets_the_same_failures_and_run_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failures and run-time noise depend on the seed only, not on what the policy did (they
+    shared one stream with each other, so a policy's dispatches moved its failures)."""
+    sc = scenarios.edge(n_nodes=4, load=0.8, n_jobs=100, failures_per_node_h=120.0, repair_s=10.0, noise_cv=0.3)
+    seen: dict[str, list[tuple[float, int]]] = {}
+    for name in ("first-fit", "cache-lct"):
+        sim = engine.Simulator(sc)
+        failures = seen.setdefault(name, [])
+        fail = sim._fail
+        monkeypatch.setattr(sim, "_fail", lambda node, s=sim, f=fail, out=failures: (out.append((s.now, node)), f(node)))
+        run(sim, base.make(name), seed=7)
+    n = min(len(seen["first-fit"]), len(seen["cache-lct"]))  # the episodes end at different times
+    assert n >= 5 and seen["first-fit"][:n] == seen["cache-lct"][:n]
+
+
+def test_cold_start_rate_counts_dispatches_not_jobs() -> None:
+    """A killed job that starts again cold counts twice, as two dispatches."""
+    sc = scenarios.edge(n_nodes=4, load=0.8, n_jobs=60, failures_per_node_h=30.0, repair_s=30.0)
+    sim = engine.Simulator(sc)
+    tiers: list[str] = []
+    sim.reset(0)
+    policy = base.make("edf-cache")
+    base.begin_episode(policy, sim, 0)
+    start = sim.records.start
+    sim.records.start = lambda job, now, k, steps, q, cache, r: (tiers.append(cache), start(job, now, k, steps, q, cache, r))
+    while not sim.done:
+        sim.step(policy.decide(sim.snapshot()))
+    assert len(tiers) == int(sim.records.attempts.sum()) > sim.metrics().finished
+    cold = sum(t != "resident" for t in tiers)
+    assert sim.metrics().cold_start_rate == pytest.approx(cold / len(tiers))
+
+
+def test_fixed_k_jobs_ask_only_for_patch_counts_their_image_splits_into() -> None:
+    sc = scenarios.edge(n_nodes=16, mode="fixed-k", n_jobs=300)
+    tr = traces.make_trace(sc, seed=0)
+    heights = np.sqrt(tr.pixels).round().astype(int)
+    most = np.array([catalog.MODELS[m].max_patches(h) for m, h in zip(tr.model, heights)])
+    assert (tr.k <= most).all() and (tr.k == 8).any() and (most < 8).any()
+
+
+@pytest.mark.parametrize("arrival", ["mmpp", "diurnal"])
+def test_short_episodes_get_the_asked_load_on_average(arrival: str) -> None:
+    """An edge episode lasts about a minute, far shorter than a burst or a day: averaged over
+    seeds, its arrivals still come at the asked rate (MMPP once always began quiet: 0.64×)."""
+    sc = scenarios.edge(load=0.8, arrival=arrival)
+    def episode_rates(sc: scenarios.Scenario) -> np.ndarray:
+        return np.array([len(tr) / tr.arrival_s[-1] for tr in (traces.make_trace(sc, seed) for seed in range(300))])
+
+    rates = episode_rates(sc)
+    assert float(np.mean(rates)) == pytest.approx(traces.rate_for_load(sc), rel=0.12)
+    # ... and the seeds span quiet and busy times (diurnal once always began at the same hour).
+    assert rates.std() > 2 * episode_rates(scenarios.edge(load=0.8)).std()
+
+
+@pytest.mark.parametrize("override", [dict(arrival="mmpp"), dict(failures_per_node_h=1.0)])
+def test_the_paper_scenario_is_the_prototypes_model(override: dict[str, object]) -> None:
+    with pytest.raises(scenarios.ScenarioError, match="paper scenario"):
+        scenarios.paper(**override)
 
 
 @pytest.mark.parametrize("arrival", ["poisson", "mmpp", "diurnal"])
