@@ -136,9 +136,10 @@ class PatchParallelPipeline:
                 raise ValueError(
                     f"`cfg` mode splits the two guidance branches over exactly 2 ranks, got {p.world_size}"
                 )
-            if guidance_scale <= 1.0:
+            if not self.guided(guidance_scale):
                 raise ValueError(
-                    f"`cfg` mode needs classifier-free guidance (`guidance_scale` > 1), got {guidance_scale}"
+                    f"`cfg` mode needs two-branch classifier-free guidance (`guidance_scale` > 1, a UNet "
+                    f"without a guidance embedding), got {guidance_scale}"
                 )
             return
         # Row patches must stay whole rows at the UNet's coarsest level, so that every rank
@@ -171,10 +172,8 @@ class PatchParallelPipeline:
 
         # 1. Check inputs
         self.check_inputs(height, width, num_inference_steps, guidance_scale)
-        guided = guidance_scale > 1.0
+        guided = self.guided(guidance_scale)
         patched = p.world_size > 1 and p.mode != "cfg"
-        if self.runtime is not None:
-            self.runtime.reset(p.warmup_steps if p.mode == "displaced" else num_inference_steps)
 
         # 2. Encode the prompt (every rank: the text encoder is small next to the UNet)
         t0 = time.perf_counter()
@@ -190,16 +189,22 @@ class PatchParallelPipeline:
         if hasattr(pipe.scheduler, "set_begin_index"):
             pipe.scheduler.set_begin_index(0)
         timesteps = pipe.scheduler.timesteps
+        if self.runtime is not None:  # counted in UNet calls: a second-order sampler makes two per step
+            order = getattr(pipe.scheduler, "order", 1)
+            self.runtime.reset(p.warmup_steps * order if p.mode == "displaced" else len(timesteps))
+        timestep_cond = self._guidance_embedding(guidance_scale)
 
         # 4. Initial noise of the whole latent from the seed (same on every rank), then this rank's rows
         generator = torch.Generator("cpu").manual_seed(seed)
         shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
         latents = randn_tensor(shape, generator=generator, device=self.device, dtype=prompt_embeds.dtype)
         latents = latents * pipe.scheduler.init_noise_sigma
-        if patched:
-            rows = shape[2] // p.world_size
-            latents = latents[:, :, p.rank * rows : (p.rank + 1) * rows].contiguous()
-        extra_step_kwargs = pipe.prepare_extra_step_kwargs(self._step_generator(generator, seed, patched), 0.0)
+        rows = shape[2] // p.world_size if patched else shape[2]
+        mine = slice(p.rank * rows, (p.rank + 1) * rows) if patched else slice(None)
+        latents = latents[:, :, mine].contiguous()
+        # Every rank keeps the generator in step with one rank's: a stochastic sampler's noise
+        # (ancestral Euler, SDXL-Turbo's) is then drawn for the whole latent, as one rank draws it.
+        extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
 
         # 5. Denoising loop
         step_s: list[float] = []
@@ -210,7 +215,8 @@ class PatchParallelPipeline:
             if self.runtime is not None:
                 self.runtime.step = i
             noise_pred = pipe.unet(
-                model_input, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs=added_cond, return_dict=False
+                model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
+                added_cond_kwargs=added_cond, return_dict=False,
             )[0]
             if self.runtime is not None:
                 self.runtime.end_step()
@@ -222,7 +228,7 @@ class PatchParallelPipeline:
             elif guided:
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-            latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+            latents = self._scheduler_step(noise_pred, t, latents, shape, mine, extra_step_kwargs)
             self._synchronize()
             step_s.append(time.perf_counter() - t0)
         if self.runtime is not None:
@@ -255,6 +261,34 @@ class PatchParallelPipeline:
     def is_xl(self) -> bool:
         return isinstance(self.pipe, StableDiffusionXLPipeline)
 
+    def guided(self, guidance_scale: float) -> bool:
+        """Two-branch classifier-free guidance: above 1, unless the UNet embeds the guidance
+        scale itself (``time_cond_proj_dim``: LCM-distilled models), as in diffusers."""
+        return guidance_scale > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    def _guidance_embedding(self, guidance_scale: float) -> torch.Tensor | None:
+        dim = self.pipe.unet.config.time_cond_proj_dim
+        if dim is None:
+            return None
+        w = torch.tensor([guidance_scale - 1.0])
+        return self.pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(self.device, self.pipe.unet.dtype)
+
+    def _scheduler_step(
+        self, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, shape: tuple[int, ...],
+        mine: slice, extra_step_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """One sampler step on this rank's rows.
+
+        Samplers work element by element, but a stochastic one draws its noise for the tensor
+        it is given. A row patch is therefore stepped inside a whole-latent tensor (zeros
+        elsewhere), so that every rank draws the single-rank noise and keeps its own rows."""
+        step = self.pipe.scheduler.step
+        if latents.shape[2] == shape[2]:
+            return step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]  # type: ignore[no-any-return]
+        whole_pred, whole = latents.new_zeros(shape), latents.new_zeros(shape)
+        whole_pred[:, :, mine], whole[:, :, mine] = noise_pred, latents
+        return step(whole_pred, t, whole, **extra_step_kwargs, return_dict=False)[0][:, :, mine].contiguous()  # type: ignore[no-any-return]
+
     def _encode(
         self, prompt: str, negative_prompt: str | None, guided: bool, height: int, width: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
@@ -281,24 +315,28 @@ class PatchParallelPipeline:
             }
         return text, {"text_embeds": pooled, "time_ids": time_ids}
 
-    def _step_generator(self, generator: torch.Generator, seed: int, patched: bool) -> torch.Generator:
-        """The generator of stochastic samplers' step noise (ancestral Euler: SDXL-Turbo's).
-
-        One rank continues the initial-noise generator, as diffusers' pipeline does. Row
-        patches each need their own draws: one shared stream would give every patch the same
-        noise, a pattern repeated down the image."""
-        if not patched:
-            return generator
-        return torch.Generator("cpu").manual_seed((seed * 1_000_003 + 1 + self.parallel.rank) % 2**63)
-
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The VAE decode; SDXL's VAE overflows in float16 (``force_upcast``), so it decodes in float32
-        (as in diffusers' SDXL pipeline; SD 1.x's VAE decodes in float16 there and here)."""
-        vae = self.pipe.vae
-        if self.is_xl and vae.dtype == torch.float16 and vae.config.force_upcast:
+        """The VAE decode, as diffusers' pipelines make it.
+
+        SDXL's VAE overflows in float16 (``force_upcast``): it decodes in float32 and goes back to
+        float16 after (SD 1.x's decodes in float16, there and here). A VAE whose latents are
+        normalised per channel (``latents_mean``/``latents_std``: Playground v2.5) is de-normalised."""
+        vae, config = self.pipe.vae, self.pipe.vae.config
+        upcast = self.is_xl and vae.dtype == torch.float16 and config.force_upcast
+        if upcast:
             vae.to(torch.float32)
-        latents = latents.to(vae.dtype) / vae.config.scaling_factor
-        return vae.decode(latents, return_dict=False)[0]
+        latents = latents.to(vae.dtype)
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if self.is_xl and mean is not None and std is not None:
+            mean_t, std_t = (torch.tensor(v).view(1, -1, 1, 1).to(latents) for v in (mean, std))
+            latents = latents * std_t / config.scaling_factor + mean_t
+        else:
+            latents = latents / config.scaling_factor
+        try:
+            return vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -309,3 +347,4 @@ def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two images in [0, 1] (inf when equal)."""
     mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
     return float("inf") if mse == 0.0 else 10.0 * float(np.log10(1.0 / mse))
+

@@ -108,6 +108,35 @@ def tiny_xl_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return tiny.save_tiny_model(tmp_path_factory.mktemp("tiny-xl") / "tiny-xl", preset="tiny-xl")
 
 
+def model_variant(
+    model: pathlib.Path, dest: pathlib.Path, scheduler: str | None = None, vae: dict[str, Any] | None = None,
+    unet: dict[str, Any] | None = None, **scheduler_config: Any,
+) -> pathlib.Path:
+    """A copy of a tiny model with another sampler class (and its config), VAE config entries
+    or UNet config entries (the UNet then gets fresh seeded weights)."""
+    import json
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    def edit(path: pathlib.Path, **entries: Any) -> None:
+        path.write_text(json.dumps({**json.loads(path.read_text()), **entries}))
+
+    shutil.copytree(model, dest)
+    if scheduler is not None:  # diffusers picks the class from model_index.json
+        edit(dest / "model_index.json", scheduler=["diffusers", scheduler])
+        scheduler_config["_class_name"] = scheduler
+    edit(dest / "scheduler" / "scheduler_config.json", **scheduler_config)
+    edit(dest / "vae" / "config.json", **(vae or {}))
+    if unet:
+        torch.manual_seed(0)
+        fresh = UNet2DConditionModel.from_config({**UNet2DConditionModel.load_config(dest / "unet"), **unet})
+        shutil.rmtree(dest / "unet")
+        fresh.save_pretrained(dest / "unet")
+    return dest
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tiny_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A model store directory holding the tiny model as tiny-sd.tar (+ .sha256)."""

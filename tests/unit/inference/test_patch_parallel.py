@@ -23,7 +23,7 @@ pytest.importorskip("diffusers")
 
 from eat_inference import pipeline
 
-from .conftest import HERE, launch
+from .conftest import HERE, launch, model_variant
 
 STEPS, WARMUP = 6, 2
 EQUAL_ATOL = 1e-4
@@ -104,3 +104,24 @@ def test_displaced_is_much_closer_than_naive(
 def test_cfg_split_equals_single_rank(gang2: pathlib.Path, reference: np.ndarray) -> None:
     ref, img = reference, _load(gang2, "cfg", 2)
     assert np.abs(img - ref).max() <= EQUAL_ATOL
+
+
+@pytest.mark.parametrize(
+    ("base", "sampler"),
+    [
+        pytest.param("tiny_xl_model", "EulerAncestralDiscreteScheduler", id="sdxl-turbo-sampler"),
+        pytest.param("tiny_model", "HeunDiscreteScheduler", id="second-order"),
+    ],
+)
+def test_sync_equals_single_rank_for_stochastic_and_second_order_samplers(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path, base: str, sampler: str
+) -> None:
+    """Ancestral Euler adds noise every step: each row patch must get the single-rank draws for
+    its rows (per-rank draws gave another image, 24 dB). Heun calls the UNet twice per step:
+    ``sync`` must stay synchronous for every call, not only the first ``steps`` of them."""
+    model = model_variant(request.getfixturevalue(base), tmp_path / "model", scheduler=sampler)
+    pp = pipeline.PatchParallelPipeline.from_pretrained(str(model), pipeline.Parallel(mode="sync"))
+    reference = pp("a photo of a cat", num_inference_steps=STEPS, guidance_scale=7.5, seed=1).image
+    assert reference is not None and type(pp.pipe.scheduler).__name__ == sampler
+    img = _load(_gang(2, "sync", model, tmp_path), "sync", 2)
+    assert np.abs(img - reference).max() <= EQUAL_ATOL

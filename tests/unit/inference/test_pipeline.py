@@ -11,14 +11,11 @@ pytest.importorskip("diffusers")
 
 import torch
 import torch.distributed as dist
-from diffusers import (
-    EulerAncestralDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from eat_inference import cli, patches, pipeline
 from typer.testing import CliRunner
+
+from .conftest import model_variant
 
 
 def test_make_tiny_model_command(tmp_path: pathlib.Path) -> None:
@@ -71,30 +68,29 @@ def test_the_sdxl_bench_preset_has_sdxls_unet() -> None:
     assert unet.config.cross_attention_dim == 2048 and unet.config.projection_class_embeddings_input_dim == 2816
 
 
-def _with_ancestral_sampler(model: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
-    """The tiny SDXL with SDXL-Turbo's sampler: ancestral Euler, trailing timesteps (noise every step)."""
-    import shutil
+# Variants of the tiny SDXL that take other paths through the runner, each checked against
+# diffusers' own pipeline: SDXL-Turbo's sampler (ancestral Euler, trailing timesteps, noise every
+# step, no guidance), a VAE with per-channel latent statistics (Playground v2.5), and a UNet that
+# embeds the guidance scale instead of running two branches (LCM-distilled).
+XL_VARIANTS = {
+    "euler-guided": ({}, 7.5),
+    "turbo-sampler": (dict(scheduler="EulerAncestralDiscreteScheduler", timestep_spacing="trailing"), 0.0),
+    "latent-statistics": (dict(vae={"latents_mean": [-1.66, 1.89, -1.38, 2.52], "latents_std": [8.49, 5.9, 6.55, 5.23],
+                                    "scaling_factor": 0.5}), 7.5),
+    "guidance-embedding": (dict(unet={"time_cond_proj_dim": 16}), 7.5),
+}
 
-    copy = tmp_path / "tiny-xl-turbo"
-    shutil.copytree(model, copy)
-    scheduler = EulerAncestralDiscreteScheduler.from_pretrained(model / "scheduler", timestep_spacing="trailing")
-    scheduler.save_pretrained(copy / "scheduler")
-    return copy
 
-
-@pytest.mark.parametrize(
-    ("sampler", "guidance"),
-    [pytest.param("euler", 7.5, id="sdxl-euler-guided"), pytest.param("ancestral", 0.0, id="sdxl-turbo-like")],
-)
-def test_single_rank_equals_diffusers_xl_pipeline(
-    tiny_xl_model: pathlib.Path, tmp_path: pathlib.Path, sampler: str, guidance: float
-) -> None:
-    """For SDXL too: pooled embeddings, time ids and the sampler's own noise as diffusers makes them."""
-    model = tiny_xl_model if sampler == "euler" else _with_ancestral_sampler(tiny_xl_model, tmp_path)
+@pytest.mark.parametrize("variant", list(XL_VARIANTS))
+def test_single_rank_equals_diffusers_xl_pipeline(tiny_xl_model: pathlib.Path, tmp_path: pathlib.Path, variant: str) -> None:
+    """For SDXL too: pooled embeddings, time ids, the sampler's own noise and the decode as diffusers makes them."""
+    edits, guidance = XL_VARIANTS[variant]
+    model = model_variant(tiny_xl_model, tmp_path / variant, **edits) if edits else tiny_xl_model
     ours = pipeline.PatchParallelPipeline.from_pretrained(str(model), pipeline.Parallel())
     assert ours.is_xl
     result = ours("a photo of a cat", "a dog", num_inference_steps=3, guidance_scale=guidance, seed=3)
     theirs = StableDiffusionXLPipeline.from_pretrained(model, local_files_only=True)
+    assert type(theirs.scheduler).__name__ == type(ours.pipe.scheduler).__name__ == edits.get("scheduler", "EulerDiscreteScheduler")
     theirs.set_progress_bar_config(disable=True)
     image = theirs(
         "a photo of a cat",
@@ -110,31 +106,18 @@ def test_single_rank_equals_diffusers_xl_pipeline(
 
 def test_sdxl_in_float16_decodes_in_float32(tiny_xl_model: pathlib.Path) -> None:
     """SDXL's VAE overflows in float16 (``force_upcast``): the UNet runs in half precision, the
-    decode in float32, and the image matches the all-float32 one up to half-precision rounding."""
+    decode in float32 (then the VAE goes back to half), and the image matches the all-float32
+    one up to half-precision rounding."""
     half = pipeline.PatchParallelPipeline.from_pretrained(str(tiny_xl_model), pipeline.Parallel(), dtype=torch.float16)
+    decoded_in: list[torch.dtype] = []
+    half.pipe.vae.decoder.register_forward_pre_hook(lambda _, args: decoded_in.append(args[0].dtype))
     image = half("a photo of a cat", num_inference_steps=2, seed=1).image
-    assert half.pipe.unet.dtype == torch.float16 and half.pipe.vae.dtype == torch.float32
+    assert decoded_in == [torch.float32]
+    assert half.pipe.unet.dtype == torch.float16 and half.pipe.vae.dtype == torch.float16
     full = pipeline.PatchParallelPipeline.from_pretrained(str(tiny_xl_model), pipeline.Parallel())
     reference = full("a photo of a cat", num_inference_steps=2, seed=1).image
     assert image is not None and reference is not None and np.isfinite(image).all()
     assert np.abs(image - reference).max() < 0.02
-
-
-def test_row_patches_draw_their_own_sampler_noise(tiny_xl_model: pathlib.Path) -> None:
-    """An ancestral sampler adds fresh noise every step: each row patch needs its own draws
-    (one shared stream repeats the same noise in every patch); one rank keeps diffusers' stream."""
-
-    def first_draws(rank: int, world: int, seed: int) -> torch.Tensor:
-        pp = pipeline.PatchParallelPipeline.from_pretrained(
-            str(tiny_xl_model), pipeline.Parallel(mode="naive", rank=rank, world_size=world)
-        )
-        latent_stream = torch.Generator().manual_seed(seed)
-        return torch.randn(4, generator=pp._step_generator(latent_stream, seed, patched=world > 1))
-
-    assert torch.equal(first_draws(0, 1, 5), torch.randn(4, generator=torch.Generator().manual_seed(5)))
-    assert not torch.equal(first_draws(0, 2, 5), first_draws(1, 2, 5))
-    assert torch.equal(first_draws(1, 2, 5), first_draws(1, 2, 5))
-    assert not torch.equal(first_draws(1, 2, 5), first_draws(1, 2, 6))
 
 
 @pytest.fixture
@@ -172,7 +155,7 @@ def test_wrappers_compute_the_same_unet(tiny_model: pathlib.Path, one_rank_group
             pipeline.Parallel(mode="cfg", world_size=2),
             64,
             1.0,
-            "needs classifier-free guidance",
+            "needs two-branch classifier-free guidance",
             id="cfg-needs-guidance",
         ),
         pytest.param(
