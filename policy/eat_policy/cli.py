@@ -25,8 +25,9 @@ ArrivalOpt = Annotated[str, typer.Option(help="Arrival process: poisson, mmpp (b
 JobsOpt = Annotated[Optional[int], typer.Option(help="Jobs per episode (default: 32 paper, 300 edge).")]
 
 
-def _scenario(name: str, mode: str, nodes: int | None, arrival: str, jobs: int | None, **point: float | None) -> scenarios.Scenario:
-    overrides: dict[str, object] = {"mode": mode, "arrival": arrival}
+def _scenario(name: str, mode: str, nodes: int | None, arrival: str, jobs: int | None, gpu_keeps_model: bool = True,
+              **point: float | None) -> scenarios.Scenario:
+    overrides: dict[str, object] = {"mode": mode, "arrival": arrival, "gpu_keeps_model": gpu_keeps_model}
     if nodes is not None:
         overrides["n_nodes"] = nodes
     if jobs is not None:
@@ -106,6 +107,7 @@ def evaluate(
     nodes: NodesOpt = None,
     arrival: ArrivalOpt = "poisson",
     jobs: JobsOpt = None,
+    gpu_keeps_model: Annotated[bool, typer.Option(help="Edge: GPUs keep models loaded between jobs (a warm pool); --no-gpu-keeps-model: every job loads its model, as one pod per job does.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Output folder for CSV and PNGs.")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="One of --policies: also print each other policy's paired difference from it (same seeds).")] = None,
 ) -> None:
@@ -124,7 +126,7 @@ def evaluate(
     else:
         points, label, key = _floats(rates or "0.01,0.03,0.05,0.07,0.09,0.11", "rates"), "arrival rate λ (jobs/s)", "rate"
     extra = {"load": None} if key == "rate" else {}
-    make = lambda p: _scenario(scenario, mode, nodes, arrival, jobs, **{**extra, key: p})  # noqa: E731
+    make = lambda p: _scenario(scenario, mode, nodes, arrival, jobs, gpu_keeps_model, **{**extra, key: p})  # noqa: E731
     for p in points:
         make(p)  # validate every point before running any
     out = out or Path("runs") / f"eval-{scenario}-{mode}"

@@ -62,6 +62,8 @@ class Simulator:
         self._disk_lru = [list(d) for d in lay.initial_disk]
         self.gpu_resident = np.zeros((lay.n_gpus, n_models), dtype=bool)
         self.node_disk = np.zeros((lay.n_nodes, n_models), dtype=bool)
+        if not sc.gpu_keeps_model:
+            self._resident_lru = [[] for _ in self._resident_lru]
         for g, models in enumerate(self._resident_lru):
             self.gpu_resident[g, models] = True
         for i, models in enumerate(self._disk_lru):
@@ -161,7 +163,7 @@ class Simulator:
                 self._form_group(d.gpus)
             return
         m = int(self.trace.model[job])
-        for g in d.gpus:
+        for g in d.gpus if self.scenario.gpu_keeps_model else ():
             mem = float(snap.node_gpu_mem_gb[snap.gpu_node[g]]) * GPU_RESIDENT_SHARE
             self._touch(self._resident_lru[g], self.gpu_resident[g], m, self._vram, mem)
         for n in {int(snap.gpu_node[g]) for g in d.gpus}:

@@ -43,6 +43,11 @@ class Scenario:
     repair_s: float = 300.0
     noise_cv: float = 0.0
     """Coefficient of variation of run times around the model's prediction (0: exact)."""
+    gpu_keeps_model: bool = True
+    """Edge: a GPU keeps the last models it ran in memory between jobs, so the next job of that
+    model starts at once (a warm pool of inference workers). False: every job loads its model
+    from the node's disk or the store, as the operator's pods do today (one pod per job rank;
+    the model leaves GPU memory with the pod)."""
 
     def __post_init__(self) -> None:
         _check(self.name in SCENARIOS, f"unknown scenario {self.name!r}; choose one of {', '.join(SCENARIOS)}")

@@ -89,21 +89,35 @@ def test_every_policy_meets_the_same_failures_and_run_times(monkeypatch: pytest.
     assert n >= 5 and seen["first-fit"][:n] == seen["cache-lct"][:n]
 
 
-def test_cold_start_rate_counts_dispatches_not_jobs() -> None:
-    """A killed job that starts again cold counts twice, as two dispatches."""
-    sc = scenarios.edge(n_nodes=4, load=0.8, n_jobs=60, failures_per_node_h=30.0, repair_s=30.0)
-    sim = engine.Simulator(sc)
-    tiers: list[str] = []
-    sim.reset(0)
+def run_recording_tiers(sc: scenarios.Scenario, seed: int) -> tuple[engine.Simulator, list[str]]:
+    """One edf-cache episode, and the model tier (resident, disk, store) of every dispatch."""
+    sim, tiers = engine.Simulator(sc), []
+    sim.reset(seed)
     policy = base.make("edf-cache")
-    base.begin_episode(policy, sim, 0)
+    base.begin_episode(policy, sim, seed)
     start = sim.records.start
     sim.records.start = lambda job, now, k, steps, q, cache, r: (tiers.append(cache), start(job, now, k, steps, q, cache, r))
     while not sim.done:
         sim.step(policy.decide(sim.snapshot()))
+    return sim, tiers
+
+
+def test_cold_start_rate_counts_dispatches_not_jobs() -> None:
+    """A killed job that starts again cold counts twice, as two dispatches."""
+    sc = scenarios.edge(n_nodes=4, load=0.8, n_jobs=60, failures_per_node_h=30.0, repair_s=30.0)
+    sim, tiers = run_recording_tiers(sc, seed=0)
     assert len(tiers) == int(sim.records.attempts.sum()) > sim.metrics().finished
     cold = sum(t != "resident" for t in tiers)
     assert sim.metrics().cold_start_rate == pytest.approx(cold / len(tiers))
+
+
+def test_without_a_warm_pool_every_job_loads_its_model() -> None:
+    """One pod per job rank (the operator's pods): no GPU keeps a model, every dispatch loads it
+    from the node's disk or the store, and responses grow by that load."""
+    pool, pool_tiers = run_recording_tiers(scenarios.edge(n_nodes=4, load=0.5, n_jobs=60), seed=1)
+    pods, pod_tiers = run_recording_tiers(scenarios.edge(n_nodes=4, load=0.5, n_jobs=60, gpu_keeps_model=False), seed=1)
+    assert "resident" in pool_tiers and set(pod_tiers) <= {"disk", "store"}
+    assert pods.metrics().resp_mean_s > pool.metrics().resp_mean_s
 
 
 def test_fixed_k_jobs_ask_only_for_patch_counts_their_image_splits_into() -> None:
