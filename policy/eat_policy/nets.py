@@ -330,8 +330,8 @@ class Actor(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (u (B,J,K,S), v (B,J,N,K), w (B,)) unmasked logits."""
         e = self.encoder(o)
-        if shuffle_state:  # ablation: condition the chain on another state's tokens
-            e = Encoded(e.glob.roll(1, 0), e.jobs.roll(1, 1), e.pairs.roll(1, 2))
+        if shuffle_state:  # ablation: each job's and each (job, node) pair's chain reads its neighbour's token
+            e = Encoded(e.glob, e.jobs.roll(1, 1), e.pairs.roll(1, 2))
         b, j, n = e.pairs.shape[:3]
         if not self.T:
             return (self.job_head(e.jobs).view(b, j, N_K, self.step_bins), self.pair_head(e.pairs),

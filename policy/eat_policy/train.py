@@ -52,9 +52,9 @@ from eat_policy.sim import scenarios
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": dict(points=(0.01, 0.11), quality_weight=8.0, env_reward_weight=0.0, time_scale_s=10.0,
-                  eval_points=(0.05, 0.11), buffer_size=100_000),
+                  eval_points=(0.05, 0.11), buffer_size=100_000, discount_time_s=16.0),
     "edge": dict(points=(0.5, 1.0), quality_weight=0.0, env_reward_weight=1.0, time_scale_s=600.0,
-                 eval_points=(0.8,), buffer_size=40_000),
+                 eval_points=(0.8,), buffer_size=40_000, discount_time_s=0.15),
 }
 
 
@@ -75,7 +75,7 @@ class Args:
     mode: str = "choose-k"
     """Paper only: ``choose-k``, ``fixed-k`` (jobs bring k) or ``mixed`` (either, per episode)."""
     gamma: float = 0.99
-    """Discount per decision (episodes are 40–600 decisions)."""
+    """Discount per ``discount_time_s`` of cluster time between decisions (see ``discount``)."""
     tau: float = 0.005
     """Polyak rate of the target critics (the prototype's value)."""
     batch_size: int = 64
@@ -151,11 +151,26 @@ class Args:
     """Job-seconds in the system per unit of negative reward."""
     buffer_size: Optional[int] = None
     """Replay capacity (transitions)."""
+    discount_time_s: Optional[float] = None
+    """Seconds of cluster time that cost one γ (about the mean gap between decisions: 16 s paper,
+    0.15 s edge). 0: one γ per decision, whatever the time between them."""
 
     def __post_init__(self) -> None:
         for key, value in DEFAULTS[self.scenario].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+
+
+def discount(args: Args, dt_s: float) -> float:
+    """The factor on the next state's value after a decision followed by ``dt_s`` seconds.
+
+    A semi-Markov discount: dispatches of one instant cost none, a long wait many γ, and the
+    horizon in seconds does not shrink as load rises. An episode's end is a truncation, not a
+    terminal state (the policy serves an endless stream, and nothing in its observation says
+    that the trace is about to run out), so it is bootstrapped like any other transition."""
+    if not args.discount_time_s:
+        return args.gamma
+    return float(args.gamma ** (dt_s / args.discount_time_s))
 
 
 def modes(args: Args) -> tuple[str, ...]:
@@ -188,7 +203,8 @@ def time_in_system(env: sim_env.SchedulingEnv, t0: float, t1: float) -> float:
 
 
 def step(env: sim_env.SchedulingEnv, args: Args, index: int, v: np.ndarray | None) -> tuple[float, bool, dict]:
-    """Apply a flat option index; returns (training reward, done, info)."""
+    """Apply a flat option index; returns (training reward, done, info); ``info["discount"]``
+    is the factor on the next state's value (``discount``)."""
     snap = env.sim.snapshot()
     option = nets.decode(index, snap.n_jobs, snap.n_nodes, args.step_bins)
     t0 = snap.now
@@ -201,8 +217,9 @@ def step(env: sim_env.SchedulingEnv, args: Args, index: int, v: np.ndarray | Non
         d = eat_agent.to_decision(snap, option, pointer, free, args.step_bins)
         action = {"job": d.job, "k": nets.features.K_VALUES.index(d.k), "node_scores": _scores_for(d, snap), "steps": option[3]}
         quality = float(env.sim.physics.quality(snap, d.job, d.steps))
-    _, r_env, done, _, info = env.step(action)
-    return objective(args).reward(r_env, quality, time_in_system(env, t0, env.sim.now)), done, info
+    _, r_env, terminated, truncated, info = env.step(action)
+    info["discount"] = discount(args, env.sim.now - t0)
+    return objective(args).reward(r_env, quality, time_in_system(env, t0, env.sim.now)), terminated or truncated, info
 
 
 def objective(args: Args) -> rollout.Objective:
@@ -223,7 +240,8 @@ _JOB_AXIS = ("jobs", "pairs", "job_mask", "k_mask", "free", "hint_jobs", "hint_p
 
 
 class ReplayBuffer:
-    """Fixed-shape ring buffer of (obs, option index, reward, next obs, done)."""
+    """Fixed-shape ring buffer of (obs, option index, reward, next obs, discount of the next value),
+    and where each episode ended (a truncation: it still bootstraps)."""
 
     def __init__(self, capacity: int, example: dict[str, np.ndarray]) -> None:
         self.capacity, self.pos, self.full = capacity, 0, False
@@ -231,12 +249,14 @@ class ReplayBuffer:
         self.next = {k: np.zeros((capacity,) + v.shape, v.dtype) for k, v in example.items()}
         self.action = np.zeros(capacity, np.int64)
         self.reward = np.zeros(capacity, np.float32)
-        self.done = np.zeros(capacity, np.float32)
+        self.discount = np.zeros(capacity, np.float32)
+        self.done = np.zeros(capacity, bool)
 
-    def add(self, obs: dict, action: int, reward: float, next_obs: dict, done: bool) -> None:
+    def add(self, obs: dict, action: int, reward: float, next_obs: dict, discount: float, done: bool = False) -> None:
         for k in self.obs:
             self.obs[k][self.pos], self.next[k][self.pos] = obs[k], next_obs[k]
-        self.action[self.pos], self.reward[self.pos], self.done[self.pos] = action, reward, done
+        self.action[self.pos], self.reward[self.pos] = action, reward
+        self.discount[self.pos], self.done[self.pos] = discount, done
         self.pos = (self.pos + 1) % self.capacity
         self.full = self.full or self.pos == 0
 
@@ -270,7 +290,7 @@ class ReplayBuffer:
             return {k: torch.from_numpy(v[i][:, :j] if k in _JOB_AXIS else v[i]) for k, v in d.items()}
 
         return (t(self.obs), torch.from_numpy(self.action[i]), torch.from_numpy(self.reward[i]), t(self.next),
-                torch.from_numpy(self.done[i]))
+                torch.from_numpy(self.discount[i]))
 
 
 def greedy_eval(actor: nets.Actor, args: Args) -> dict[str, float]:
@@ -415,10 +435,10 @@ def train(args: Args) -> Path:
             reward, done, info = step(env, args, index, pointer)
             episode_return += reward
             if done:
-                next_obs = obs  # terminal: never bootstrapped
+                next_obs = obs  # the trace ran out (a truncation): bootstrap from the last state
             else:
                 next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
-            rb.add(obs, index, reward, next_obs, done)
+            rb.add(obs, index, reward, next_obs, info["discount"], done)
             obs = next_obs
             global_step += 1
             if done:
@@ -490,7 +510,7 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
                q_optimizer: torch.optim.Optimizer, actor_optimizer: torch.optim.Optimizer,
                a_optimizer: torch.optim.Optimizer, log_alpha: torch.Tensor,
                demos: ReplayBuffer | None = None, reference: nets.Actor | None = None) -> dict[str, float]:
-    obs, actions, rewards, next_obs, dones = rb.sample(args.batch_size, rng)
+    obs, actions, rewards, next_obs, discounts = rb.sample(args.batch_size, rng)
     alpha = log_alpha.exp().detach()
     # 1. diffusion-actor sample at s' and twin-Q target (exact expectation over the options)
     with torch.no_grad():
@@ -498,7 +518,7 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
         next_p = next_logp.exp()
         min_q_next = torch.min(qf1_target(next_obs), qf2_target(next_obs))
         v_next = (next_p * (min_q_next - alpha * next_logp)).sum(1)
-        y = rewards + args.gamma * (1 - dones) * v_next
+        y = rewards + discounts * v_next
     # 2. critic loss
     q1 = qf1(obs).gather(1, actions[:, None])[:, 0]
     q2 = qf2(obs).gather(1, actions[:, None])[:, 0]
@@ -600,10 +620,10 @@ def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, c
         index, pointer = label, None
         if clone is not None:
             _, _, index, pointer = eat_agent.act(clone, snap, hint=hint)
-        reward, done, _ = step(env, args, index, pointer)
+        reward, done, info = step(env, args, index, pointer)
         next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window, hint)
-        rb.add(obs, index, reward, next_obs, done)
-        labels.add(obs, label, reward, next_obs, done)
+        rb.add(obs, index, reward, next_obs, info["discount"], done)
+        labels.add(obs, label, reward, next_obs, info["discount"], done)
 
 
 DEMOS_FILE = "demos.npz"

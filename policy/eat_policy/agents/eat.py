@@ -9,7 +9,9 @@ takes the most probable feasible option (the chain's noise comes from a generato
 and our evaluations use ``torch.set_num_threads(1)``).
 
 Registers ``eat``, ``d-sac`` and ``sac``, plus the chain-ablation evaluations ``eat-shuffled``
-(the chain conditioned on another state's tokens) and ``eat-1step`` (one denoising step), and
+(the chain of each job reads the next job's token, the chain of each (job, node) pair the next
+node's: the state is there, but no longer where its options are) and ``eat-1step`` (one
+denoising step), and
 ``eat-reuse8``/``eat-reuse32`` (several dispatches of one instant from one actor pass, as the
 policy service does). A checkpoint whose config names a ``hint`` heuristic (``eat-edge``) is
 shown that heuristic's proposal with every pass (``nets.hint_features``).

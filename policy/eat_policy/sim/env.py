@@ -49,6 +49,7 @@ class SchedulingEnv(gym.Env):  # type: ignore[type-arg]
             "job_mask": gym.spaces.MultiBinary(j),
             "k_mask": gym.spaces.MultiBinary((j, k)),
             "free": gym.spaces.Box(0, 8, (j, n), np.int64),
+            "may_wait": gym.spaces.MultiBinary(1),
         })
         self.action_space = gym.spaces.Dict({
             "job": gym.spaces.Discrete(j + 1),
@@ -67,11 +68,13 @@ class SchedulingEnv(gym.Env):  # type: ignore[type-arg]
         snap = self.sim.snapshot()
         decision = to_decision(snap, action, self._last_obs, self.step_bins)
         reward = self.sim.step(decision)
-        terminated = self.sim.done
+        # Cut at the scenario's end time with jobs left (the paper's 1024 s): a time limit.
+        truncated = self.sim.done and self.sim.now >= self.sim.end_s
+        terminated = self.sim.done and not truncated
         info = {"waited": decision is None}
-        if terminated:
+        if self.sim.done:
             info["metrics"] = self.sim.metrics().as_dict()
-        return self._obs(), float(reward), terminated, False, info
+        return self._obs(), float(reward), terminated, truncated, info
 
     def _obs(self) -> dict[str, np.ndarray]:
         self._last_obs = features.featurize(self.sim.snapshot())
@@ -88,15 +91,20 @@ def pad(obs: features.Observation, window: int) -> dict[str, np.ndarray]:
     return {
         "nodes": obs.nodes, "jobs": rows(obs.jobs), "pairs": rows(obs.pairs), "global": obs.global_,
         "job_mask": rows(obs.job_mask.astype(np.int8)), "k_mask": rows(obs.k_mask.astype(np.int8)),
-        "free": rows(obs.free),
+        "free": rows(obs.free), "may_wait": np.array([obs.may_wait], np.int8),
     }
 
 
 def to_decision(snap: Snapshot, action: dict[str, Any], obs: features.Observation, step_bins: int = STEP_BINS) -> Decision | None:
-    """Turn a (possibly infeasible) action into a valid decision, or a wait."""
+    """Turn a (possibly infeasible) action into a valid decision, or a wait.
+
+    A wait where waiting is not an option (``may_wait``: every GPU idle, so no completion will
+    come) serves the first job that can be served instead."""
     j = int(action["job"])
     if j >= snap.n_jobs or not obs.job_mask[j]:
-        return None
+        if obs.may_wait or not obs.job_mask.any():
+            return None
+        j = int(np.flatnonzero(obs.job_mask)[0])
     feasible = [i for i, ok in enumerate(obs.k_mask[j]) if ok]
     want = int(action["k"])
     ki = min(feasible, key=lambda i: (abs(i - want), -i))

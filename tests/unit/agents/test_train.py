@@ -50,7 +50,7 @@ def test_the_warm_starts_demonstrations_survive_a_save_and_load(tmp_path) -> Non
     obs = nets.observe(env.sim.snapshot(), env.scenario.window)
     rb = train.ReplayBuffer(8, obs)
     for i in range(5):
-        rb.add(obs, i + 1, float(i), obs, i == 4)
+        rb.add(obs, i + 1, float(i), obs, 0.99, i == 4)
     rb.save_states(tmp_path / train.DEMOS_FILE)
     back = train.load_demos(tmp_path)
     assert len(back) == 5 and back.action.tolist() == [1, 2, 3, 4, 5]
@@ -308,3 +308,32 @@ def test_cli_refuses_bad_cluster_sizes() -> None:
         r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--scenario", "edge", option, bad],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and message in r.stderr, (bad, r.stderr)
+
+
+def test_decisions_are_discounted_by_the_time_between_them_and_episode_ends_bootstrap() -> None:
+    """A semi-Markov discount: dispatches of one instant cost no γ, each ``discount_time_s`` of
+    waiting one; and an episode's end (the trace ran out) still bootstraps, because the policy
+    serves an endless stream and cannot see the trace ending."""
+    import dataclasses
+
+    import numpy as np
+
+    from eat_policy import nets, train
+    from eat_policy.agents import base
+
+    args = train.Args(scenario="paper")
+    assert train.discount(args, 0.0) == 1.0
+    assert train.discount(args, args.discount_time_s) == pytest.approx(args.gamma)
+    assert train.discount(args, 10 * args.discount_time_s) == pytest.approx(args.gamma**10)
+    assert train.discount(dataclasses.replace(args, discount_time_s=0.0), 123.0) == args.gamma  # per decision
+
+    rng = np.random.default_rng(0)
+    env = train.make_env(args, rng)
+    env.reset(seed=1)
+    example = nets.observe(env.sim.snapshot(), env.scenario.window)
+    rb, labels = train.ReplayBuffer(500, example), train.ReplayBuffer(500, example)
+    train._label_episode(args, rng, base.make("cache-lct"), None, None, rb, labels)
+    n = len(rb)
+    assert rb.done[n - 1] and not rb.done[: n - 1].any()
+    assert (rb.discount[:n] > 0).all() and (rb.discount[:n] <= 1).all()
+    assert (rb.discount[:n] == 1).any() and (rb.discount[:n] < args.gamma).any()  # same instant; long gaps

@@ -18,13 +18,29 @@ def test_random_actions_finish_an_episode_with_valid_decisions() -> None:
     e = env.SchedulingEnv(scenarios.edge(n_nodes=6, n_jobs=40))
     e.action_space.seed(0)
     obs, _ = e.reset(seed=0)
-    done, steps, dispatched = False, 0, 0
-    while not done:
-        obs, reward, done, _, info = e.step(e.action_space.sample())
+    terminated = truncated = False
+    dispatched = 0
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = e.step(e.action_space.sample())
         assert e.observation_space.contains(obs)
         dispatched += not info["waited"]
-        steps += 1
     assert dispatched > 0 and info["metrics"]["arrived"] == 40
+
+
+def test_an_episode_cut_by_its_time_limit_is_truncated_not_terminated() -> None:
+    """Gymnasium's contract: a time limit truncates (the state still has a future); the end of
+    the trace with every job served terminates."""
+    def last_step(sc: scenarios.Scenario) -> tuple[bool, bool]:
+        e = env.SchedulingEnv(sc)
+        e.action_space.seed(0)
+        e.reset(seed=0)
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, _, terminated, truncated, _ = e.step(e.action_space.sample())
+        return terminated, truncated
+
+    assert last_step(scenarios.paper(cut_s=30.0)) == (False, True)  # 10 jobs queued at 0, cut at 30 s
+    assert last_step(scenarios.edge(n_nodes=6, n_jobs=40, load=0.3)) == (True, False)
 
 
 def test_infeasible_choices_are_repaired_or_become_waits() -> None:
@@ -32,13 +48,19 @@ def test_infeasible_choices_are_repaired_or_become_waits() -> None:
     e.reset(seed=1)
     snap = e.sim.snapshot()
     obs = features.featurize(snap)
-    wait = env.to_decision(snap, {"job": 10, "k": 0, "node_scores": np.zeros(4), "steps": 0}, obs)
-    assert wait is None
+    # Every GPU is idle, so no completion will come: a wait would strand the queue and is
+    # repaired into serving the first job (training masks it; the env's own API must too).
+    assert not obs.may_wait and e.observation_space["may_wait"].contains(e._obs()["may_wait"])
+    repaired = env.to_decision(snap, {"job": 10, "k": 0, "node_scores": np.zeros(4), "steps": 0}, obs)
+    assert repaired is not None and repaired.job == 0
     d = env.to_decision(snap, {"job": 0, "k": 3, "node_scores": np.array([0.1, 0.9, 0.5, 0.2]), "steps": 7}, obs)
     assert d is not None and d.k == 4  # k=8 is not allowed with 4 nodes: nearest feasible is 4
     assert d.steps == 32
     d = env.to_decision(snap, {"job": 0, "k": 1, "node_scores": np.array([0.1, 0.9, 0.5, 0.2]), "steps": 0}, obs)
     assert d is not None and d.gpus == (1, 2)  # highest scores first
+    e.step({"job": 0, "k": 0, "node_scores": np.zeros(4), "steps": 0})  # one GPU busy: waiting is an option
+    busy = e.sim.snapshot()
+    assert env.to_decision(busy, {"job": 10, "k": 0, "node_scores": np.zeros(4), "steps": 0}, features.featurize(busy)) is None
 
 
 @pytest.mark.parametrize(("n_nodes", "window"), [(4, 10), (16, 32), (64, 32)])
