@@ -30,7 +30,10 @@ class Snapshot:
     node_disk_gb: np.ndarray
     node_up: np.ndarray
     node_disk: np.ndarray
-    """(N, M) bool: model m is in node n's disk cache."""
+    """(N, M) bool: model m is in node n's disk cache (or being fetched into it)."""
+    node_disk_ready_s: np.ndarray
+    """(N, M) when a fetch into node n's disk cache completes; a pod that loads the model from
+    that disk waits for it (the cache downloads once). In the past (0) once complete."""
     node_group: np.ndarray
     """Paper scenario: id of the warm process group a node belongs to, -1 for none."""
     slots: np.ndarray

@@ -126,7 +126,8 @@ class Planner:
         window = np.asarray(jobs, dtype=np.int64)
         while True:
             p, k, node, launch, worst = kernel.plan(
-                float(snap.now), snap.gpu_free_at, snap.node_up, snap.gpu_resident, snap.node_disk, window,
+                float(snap.now), snap.gpu_free_at, snap.node_up, snap.gpu_resident, snap.node_disk,
+                snap.node_disk_ready_s, window,
                 snap.job_model, snap.job_pixels, snap.job_deadline_s, snap.job_steps_min, snap.job_steps_max,
                 snap.job_k, snap.job_k_max, self.default_steps, t.gpu_node, t.gpu_speed, t.speed_id, t.slots, t.fits,
                 t.load, t.kind_key, t.kind_ks, t.single_step, t.single_per_step, t.single_fixed,

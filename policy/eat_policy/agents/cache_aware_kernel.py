@@ -37,7 +37,7 @@ def _jit(fn):
 
 
 @_jit
-def _readiness(m, now, free_at, node_up, resident, disk, gpu_node, slots, fits, load, excluded, idle_only,
+def _readiness(m, now, free_at, node_up, resident, disk, disk_ready, gpu_node, slots, fits, load, excluded, idle_only,
                ready, tier, begin, order, ranked, launch, worst, setup):
     """``EdgePhysics.readiness`` into the buffers, and all GPUs by begin (ties by index) in
     ``order``; returns how many GPUs are usable (they lead ``order``)."""
@@ -49,6 +49,8 @@ def _readiness(m, now, free_at, node_up, resident, disk, gpu_node, slots, fits, 
         if not node_up[node] or not fits[m, g] or excluded[g] or (idle_only and free_at[g] > now):
             r = INF
         t = 0 if resident[g, m] else (1 if disk[node, m] else 2)
+        if t == 1:
+            r = max(r, disk_ready[node, m])
         ready[g], tier[g], begin[g] = r, t, r + load[m, t]
         if begin[g] < INF:
             usable += 1
@@ -159,7 +161,7 @@ def _better(finish, k, best_finish, best_k, most, warm_only, reserved_from, gpus
 
 
 @_jit
-def plan(now, free_at, node_up, resident, disk, window, job_model, job_pixels, job_deadline, job_steps_min,
+def plan(now, free_at, node_up, resident, disk, disk_ready, window, job_model, job_pixels, job_deadline, job_steps_min,
          job_steps_max, job_k, job_k_max, default_steps, gpu_node, gpu_speed, speed_id, slots, fits, load,
          kind_key, kind_ks, single_step, single_per_step, single_fixed, cross_per_step, cross_fixed, rendezvous,
          out):
@@ -219,7 +221,7 @@ def plan(now, free_at, node_up, resident, disk, window, job_model, job_pixels, j
         m = job_model[window[p]]
         steps = kind_key[c, 2]
         if seen[0, m] < 0:
-            usable[0, m] = _readiness(m, now, free_at, node_up, resident, disk, gpu_node, slots, fits, load, excluded,
+            usable[0, m] = _readiness(m, now, free_at, node_up, resident, disk, disk_ready, gpu_node, slots, fits, load, excluded,
                                       False, ready[0, m], tier[0, m], begin[0, m], order[0, m], ranked[0, m], launch[0, m],
                                       worst[0, m], setup[0, m])
         elif seen[0, m] < reservations:
@@ -235,7 +237,7 @@ def plan(now, free_at, node_up, resident, disk, window, job_model, job_pixels, j
             out[:k] = found[:k]
             return p, k, node, start, most
         if reservations and seen[1, m] < 0:  # idle GPUs, for backfilling
-            usable[1, m] = _readiness(m, now, free_at, node_up, resident, disk, gpu_node, slots, fits, load,
+            usable[1, m] = _readiness(m, now, free_at, node_up, resident, disk, disk_ready, gpu_node, slots, fits, load,
                                       none_excluded, True, ready[1, m], tier[1, m], begin[1, m], order[1, m],
                                       ranked[1, m], launch[1, m], worst[1, m], setup[1, m])
             seen[1, m] = 0

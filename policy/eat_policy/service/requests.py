@@ -142,6 +142,7 @@ def _snapshot(nodes: list[api.NodeInfo], jobs: list[api.JobRequest], queue_len: 
         node_disk_gb=np.array([n.disk_gb or DEFAULT_DISK_GB for n in nodes]),
         node_up=np.array([n.ready for n in nodes], dtype=bool),
         node_disk=disk,
+        node_disk_ready_s=np.zeros(disk.shape),  # the node agent reports a model once its fetch is complete
         node_group=np.full(len(nodes), -1, dtype=np.int64),
         slots=slots,
         gpu_node=gpu_node,

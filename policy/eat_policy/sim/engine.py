@@ -62,6 +62,7 @@ class Simulator:
         self._disk_lru = [list(d) for d in lay.initial_disk]
         self.gpu_resident = np.zeros((lay.n_gpus, n_models), dtype=bool)
         self.node_disk = np.zeros((lay.n_nodes, n_models), dtype=bool)
+        self.node_disk_ready = np.zeros((lay.n_nodes, n_models))
         if not sc.gpu_keeps_model:
             self._resident_lru = [[] for _ in self._resident_lru]
         for g, models in enumerate(self._resident_lru):
@@ -106,7 +107,7 @@ class Simulator:
         self._validate(snap, d)
         job = int(snap.job_id[d.job])
         placement = self.physics.estimate(snap, d.job, d.gpus)
-        duration = placement.duration_s(d.steps)
+        duration = placement.finish_s(d.steps) - self.now  # its GPUs are idle; it may wait for a download
         if self.scenario.noise_cv > 0:
             sigma = math.sqrt(math.log(1 + self.scenario.noise_cv**2))
             noise = np.random.default_rng([self.seed, 0x0153, job, int(self.records.attempts[job])])
@@ -122,7 +123,7 @@ class Simulator:
         heapq.heappush(self._running, (finish, int(self._token[job]), job))
         self._job_gpus[job] = d.gpus
         self.records.start(job, self.now, d.k, d.steps, self.physics.quality(snap, d.job, d.steps), placement.cache, reward)
-        self._update_caches(snap, d, job)
+        self._update_caches(snap, d, job, placement.start_s)
         self._snap = None
         return reward
 
@@ -157,16 +158,19 @@ class Simulator:
         q = spec.quality(d.steps) / spec.quality_knots[-1][1]
         return float(response <= deadline) + q - min(response / deadline, 3.0) / 3.0
 
-    def _update_caches(self, snap: Snapshot, d: Decision, job: int) -> None:
+    def _update_caches(self, snap: Snapshot, d: Decision, job: int, launch: float) -> None:
         if self.scenario.name == "paper":
             if not physics.is_warm_group(self.node_group, d.gpus):
                 self._form_group(d.gpus)
             return
+        assert isinstance(self.physics, physics.EdgePhysics)
         m = int(self.trace.model[job])
         for g in d.gpus if self.scenario.gpu_keeps_model else ():
             mem = float(snap.node_gpu_mem_gb[snap.gpu_node[g]]) * GPU_RESIDENT_SHARE
             self._touch(self._resident_lru[g], self.gpu_resident[g], m, self._vram, mem)
         for n in {int(snap.gpu_node[g]) for g in d.gpus}:
+            if not self.node_disk[n, m]:  # this gang's pod on n downloads it; siblings wait for the file
+                self.node_disk_ready[n, m] = launch + self.physics.download_s[m]
             self._touch(self._disk_lru[n], self.node_disk[n], m, self._size, float(self.layout.node_disk_gb[n]))
 
     def _form_group(self, nodes: tuple[int, ...]) -> None:
@@ -314,6 +318,7 @@ class Simulator:
             node_disk_gb=lay.node_disk_gb,
             node_up=self.node_up,
             node_disk=self.node_disk,
+            node_disk_ready_s=self.node_disk_ready,
             node_group=self.node_group,
             slots=lay.slots,
             gpu_node=lay.gpu_node,

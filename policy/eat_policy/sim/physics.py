@@ -193,7 +193,8 @@ class EdgePhysics:
     def __init__(self, models: tuple[catalog.ModelSpec, ...] = catalog.MODELS) -> None:
         self.models = models
         self.load_s = np.array([m.size_gb / catalog.DISK_LOAD_GB_S + catalog.PIPELINE_INIT_S for m in models])
-        self.fetch_s = self.load_s + np.array([m.size_gb / catalog.STORE_FETCH_GB_S for m in models])
+        self.download_s = np.array([m.size_gb / catalog.STORE_FETCH_GB_S for m in models])
+        self.fetch_s = self.load_s + self.download_s
         self._shapes: dict[tuple[int, float, float, int, str], tuple[float, float]] = {}
 
     def estimate(self, snap: Snapshot, j: int, gpus: tuple[int, ...]) -> Placement:
@@ -206,6 +207,8 @@ class EdgePhysics:
             start = max(start, float(snap.gpu_free_at[g]))
             speed = min(speed, float(snap.gpu_speed[g]))
             tier = 0 if snap.gpu_resident[g, m] else 1 if snap.node_disk[node, m] else 2
+            if tier == 1:  # a fetch into the node's disk may still be running: its pod waits for it
+                start = max(start, float(snap.node_disk_ready_s[node, m]))
             worst = max(worst, tier)
         link = snap.node_link[nodes.pop()] if len(nodes) == 1 else "network"
         return self._placement(spec, px, k, tuple(gpus), start, worst, speed, link, m)
@@ -239,6 +242,7 @@ class EdgePhysics:
         too_small = snap.node_gpu_mem_gb[snap.gpu_node] < spec.vram_gb
         ready = _ready_times(snap, idle_only, exclude, too_small)
         tier = np.where(snap.gpu_resident[:, m], 0, np.where(snap.node_disk[snap.gpu_node, m], 1, 2))
+        ready = np.where(tier == 1, np.maximum(ready, snap.node_disk_ready_s[snap.gpu_node, m]), ready)
         load = np.array([0.0, self.load_s[m], self.fetch_s[m]])
         g = snap.n_gpus
         begin = np.empty(g + 1)

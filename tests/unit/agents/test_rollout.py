@@ -22,11 +22,12 @@ def _episode(policy, scenario: scenarios.Scenario, seed: int) -> tuple[float, en
 def test_the_teacher_improves_on_its_heuristic(seed: int) -> None:
     """Policy improvement: on a deterministic episode, the best of the proposal and its
     alternatives, each played out exactly, cannot lose return against the proposal alone; on
-    these loaded episodes some alternative wins (measured: +5.6 and +12.2 on 51–54)."""
+    these loaded episodes some alternative wins (measured: +0.8 and +6.5 on 53–54; +5.6 and
+    +12.2 before a pod that loads from disk waited for the node's download to complete)."""
     scenario = scenarios.edge(n_nodes=4, load=0.9, n_jobs=40)
     heuristic, _ = _episode(base.make("edf-cache-queue"), scenario, seed)
     teacher, sim = _episode(rollout.RolloutTeacher("edf-cache-queue"), scenario, seed)
-    assert teacher > heuristic + 1.0
+    assert teacher > heuristic + 0.5
     assert sim.metrics().finished == 40
 
 

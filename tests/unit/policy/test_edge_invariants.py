@@ -194,3 +194,29 @@ def test_the_simulator_offers_no_patch_count_the_runtime_would_refuse() -> None:
     sd15_768 = (tr.model == catalog.MODEL_INDEX["sd15"]) & (tr.pixels == 768 * 768)
     assert sd15_768.any() and (sim._k_max[sd15_768] == 4).all() and (sim._k_max[~sd15_768] == 8).all()
     assert all(8 not in snap.allowed_k(j) for j in range(snap.n_jobs) if sd15_768[snap.job_id[j]])
+
+
+def test_a_pod_loading_from_the_nodes_disk_waits_for_its_download() -> None:
+    """The node cache downloads a model once; a second pod of it on the node waits for that
+    download, then loads from disk. (It used to load "from disk" at once, before the file existed.)"""
+    from eat_policy.snapshot import Decision
+
+    sim = engine.Simulator(scenarios.edge(n_nodes=8, n_jobs=60, initial_queue=20, gpu_keeps_model=False))
+    sim.reset(0)
+    snap = sim.snapshot()
+    jobs_of = {m: [int(j) for j in np.flatnonzero(snap.job_model == m)] for m in set(snap.job_model.tolist())}
+    m, (first, second) = next((m, js[:2]) for m, js in jobs_of.items() if len(js) >= 2)
+    node = next(n for n in range(snap.n_nodes) if snap.node_gpus[n] >= 2 and not snap.node_disk[n, m]
+                and snap.node_gpu_mem_gb[n] >= catalog.MODELS[m].vram_gb)
+    g0, g1 = (int(g) for g in snap.slots[node, :2])
+    second_id = int(snap.job_id[second])
+    now = snap.now
+    sim.step(Decision(first, (g0,), int(snap.job_steps_min[first])))  # fetches the model from the store
+
+    snap = sim.snapshot()
+    j = int(np.flatnonzero(snap.job_id == second_id)[0])
+    placement = sim.physics.estimate(snap, j, (g1,))
+    assert snap.now == now and placement.cache == "disk"
+    assert placement.start_s == pytest.approx(now + sim.physics.download_s[m])
+    r = sim.physics.readiness(snap, m)  # the candidate search (and the compiled planner) price it the same way
+    assert r.tier[g1] == 1 and r.ready[g1] == placement.start_s
