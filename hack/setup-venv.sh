@@ -32,7 +32,10 @@ if compgen -G "$deps_site/eat-*.dist-info" >/dev/null; then
   "$deps/bin/python" -m pip uninstall --quiet --yes eat >&2 || true
 fi
 venv="$root/.venv"
-if [ ! -x "$venv/bin/python" ] || ! grep -qxF "home = $(dirname "$(readlink -f "$deps/bin/python")")" "$venv/pyvenv.cfg"; then
+# Rebuilt unless made from the dependencies' interpreter: the same home and the same version
+# (one bin folder may hold several Pythons).
+same() { grep -qxF "$(grep -E "^$1 = " "$deps/pyvenv.cfg")" "$venv/pyvenv.cfg" 2>/dev/null; }
+if [ ! -x "$venv/bin/python" ] || ! same home || ! same version; then
   rm -rf "$venv"
   "$deps/bin/python" -m venv --without-pip "$venv" >&2
 fi

@@ -434,10 +434,9 @@ def train(args: Args) -> Path:
             pointer = v[0, option[0], :, option[2]].numpy() if option else None
             reward, done, info = step(env, args, index, pointer)
             episode_return += reward
-            if done:
-                next_obs = obs  # the trace ran out (a truncation): bootstrap from the last state
-            else:
-                next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
+            # Even at the episode's end: it bootstraps from the state reached (the last state
+            # itself would make its target r + γ·V(s), a loop that settles at r / (1 − γ)).
+            next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
             rb.add(obs, index, reward, next_obs, info["discount"], done)
             obs = next_obs
             global_step += 1
@@ -621,7 +620,7 @@ def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, c
         if clone is not None:
             _, _, index, pointer = eat_agent.act(clone, snap, hint=hint)
         reward, done, info = step(env, args, index, pointer)
-        next_obs = obs if done else nets.observe(env.sim.snapshot(), env.scenario.window, hint)
+        next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
         rb.add(obs, index, reward, next_obs, info["discount"], done)
         labels.add(obs, label, reward, next_obs, info["discount"], done)
 

@@ -89,18 +89,23 @@ def infeasible(snap: Snapshot, d: Decision) -> str | None:
 
 
 def _apply(snap: Snapshot, d: Decision, p: physics.Placement) -> Snapshot:
-    """The snapshot after dispatching d: its GPUs busy, its model warm there, its job gone."""
+    """The snapshot after dispatching d: its GPUs busy, its model warm there (on the disk of its
+    nodes once their download ends), its job gone."""
     gpus = list(d.gpus)
     m = int(snap.job_model[d.job])
     free_at, resident, disk, util = snap.gpu_free_at.copy(), snap.gpu_resident.copy(), snap.node_disk.copy(), snap.gpu_util.copy()
-    free_at[gpus] = snap.now + p.duration_s(d.steps)
+    disk_ready = snap.node_disk_ready_s.copy()
+    free_at[gpus] = p.finish_s(d.steps)
     resident[gpus, m] = True
-    disk[snap.gpu_node[gpus], m] = True
+    nodes = np.unique(snap.gpu_node[gpus])
+    fetching = nodes[~disk[nodes, m]]
+    disk_ready[fetching, m] = p.start_s + _physics.download_s[m]
+    disk[nodes, m] = True
     util[gpus] = 1.0
     keep = np.arange(snap.n_jobs) != d.job
     jobs = {f.name: getattr(snap, f.name)[keep] for f in dataclasses.fields(snap) if f.name.startswith("job_")}
-    return dataclasses.replace(snap, gpu_free_at=free_at, gpu_resident=resident, node_disk=disk, gpu_util=util,
-                               queue_len=snap.queue_len - 1, **jobs)
+    return dataclasses.replace(snap, gpu_free_at=free_at, gpu_resident=resident, node_disk=disk,
+                               node_disk_ready_s=disk_ready, gpu_util=util, queue_len=snap.queue_len - 1, **jobs)
 
 
 def explain(snap: Snapshot, d: Dispatch) -> list[str]:
@@ -113,7 +118,7 @@ def explain(snap: Snapshot, d: Dispatch) -> list[str]:
                      f"GPUs {_busy_share(snap, n):.0%} busy")
     k = d.decision.k
     lines.append(f"{k} patch{'es' if k > 1 else ''}, {d.decision.steps} steps: "
-                 f"predicted {d.placement.duration_s(d.decision.steps):.1f} s")
+                 f"predicted {d.placement.finish_s(d.decision.steps) - snap.now:.1f} s")
     return lines
 
 
@@ -167,7 +172,7 @@ def to_decisions(planned: requests.Planned, plan: Plan) -> list[api.JobDecision]
         out.append(api.JobDecision(
             job=job.id, action="dispatch", patches=d.decision.k,
             nodes=[snap.node_names[snap.gpu_node[g]] for g in d.decision.gpus], steps=steps,
-            predicted_latency_s=round(d.placement.duration_s(steps), 3),
+            predicted_latency_s=round(d.placement.finish_s(steps) - snap.now, 3),
             predicted_quality=round(_physics.quality(snap, row, steps), 4),
             cache=d.placement.cache, explanation=explain(snap, d) + explain_attention(snap, d, job_names),
         ))

@@ -107,12 +107,13 @@ class Simulator:
         self._validate(snap, d)
         job = int(snap.job_id[d.job])
         placement = self.physics.estimate(snap, d.job, d.gpus)
-        duration = placement.finish_s(d.steps) - self.now  # its GPUs are idle; it may wait for a download
-        if self.scenario.noise_cv > 0:
+        run_s = placement.duration_s(d.steps)
+        if self.scenario.noise_cv > 0:  # noise on the job's own run, not on a wait for another pod's download
             sigma = math.sqrt(math.log(1 + self.scenario.noise_cv**2))
             noise = np.random.default_rng([self.seed, 0x0153, job, int(self.records.attempts[job])])
-            duration *= float(noise.lognormal(-sigma**2 / 2, sigma))
-        finish = self.now + duration
+            run_s *= float(noise.lognormal(-sigma**2 / 2, sigma))
+        finish = placement.start_s + run_s  # its GPUs are idle: it starts now, or when its node's download ends
+        duration = finish - self.now
         wait = self.now - float(self.trace.arrival_s[job])
         reward = self._reward(snap, d, placement, duration, wait)
         self.queue.remove(job)

@@ -337,3 +337,6 @@ def test_decisions_are_discounted_by_the_time_between_them_and_episode_ends_boot
     assert rb.done[n - 1] and not rb.done[: n - 1].any()
     assert (rb.discount[:n] > 0).all() and (rb.discount[:n] <= 1).all()
     assert (rb.discount[:n] == 1).any() and (rb.discount[:n] < args.gamma).any()  # same instant; long gaps
+    # ... from the state the episode reached, not the last one (r + γ·V(s) would loop on itself)
+    assert not all(np.array_equal(rb.next[k][n - 1], rb.obs[k][n - 1]) for k in rb.obs)
+    assert rb.next["job_mask"][n - 1].sum() == 0  # every job served: nothing left to dispatch

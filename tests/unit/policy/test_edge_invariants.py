@@ -201,7 +201,7 @@ def test_a_pod_loading_from_the_nodes_disk_waits_for_its_download() -> None:
     download, then loads from disk. (It used to load "from disk" at once, before the file existed.)"""
     from eat_policy.snapshot import Decision
 
-    sim = engine.Simulator(scenarios.edge(n_nodes=8, n_jobs=60, initial_queue=20, gpu_keeps_model=False))
+    sim = engine.Simulator(scenarios.edge(n_nodes=8, n_jobs=60, initial_queue=20, gpu_keeps_model=False, noise_cv=0.5))
     sim.reset(0)
     snap = sim.snapshot()
     jobs_of = {m: [int(j) for j in np.flatnonzero(snap.job_model == m)] for m in set(snap.job_model.tolist())}
@@ -220,3 +220,6 @@ def test_a_pod_loading_from_the_nodes_disk_waits_for_its_download() -> None:
     assert placement.start_s == pytest.approx(now + sim.physics.download_s[m])
     r = sim.physics.readiness(snap, m)  # the candidate search (and the compiled planner) price it the same way
     assert r.tier[g1] == 1 and r.ready[g1] == placement.start_s
+    # Run-time noise scales its own run, not the wait: it never ends before the file exists.
+    sim.step(Decision(j, (g1,), int(snap.job_steps_min[j])))
+    assert sim.gpu_free_at[g1] > placement.start_s

@@ -168,3 +168,32 @@ def test_the_policy_chooses_only_patch_counts_the_image_splits_into(client) -> N
     """768 rows of sd15 do not split into 8 whole-row patches: at most 4, even on 8 idle GPUs."""
     body = plan(client, [make_job(height=768, width=768, deadline_s=3.0)], [make_node("a", gpus=8)])
     assert body["decisions"][0]["action"] == "dispatch" and body["decisions"][0]["patches"] <= 4
+
+
+def test_a_second_job_of_a_model_being_fetched_waits_for_the_download() -> None:
+    """One plan, one node, two jobs of a model no node has: the first fetches it from the store;
+    the second, on the node's other GPU, loads it from disk once that download is complete (the
+    node cache downloads once), as the simulator prices it, and its predicted latency says so."""
+    from eat_policy import api
+    from eat_policy.service import planning, requests
+    from eat_policy.snapshot import Decision
+
+    class OneGpuEach:  # scripted: job after job, each on the next GPU of the node
+        def reset(self, seed: int) -> None:
+            self.gpu = 0
+
+        def decide(self, snap):  # type: ignore[no-untyped-def]
+            self.gpu += 1
+            return Decision(0, (self.gpu - 1,), 20)
+
+    now = time.time()
+    req = api.PlanRequest(jobs=[make_job(id=f"ns/j{i}", age_s=10 - i, now=now) for i in range(2)],
+                          nodes=[make_node("a", gpus=2)], now=now)
+    planned = requests.build(req, now, 32, {}, 30.0, 0.9)
+    first, second = planning.plan_snapshot(planned.snapshot, OneGpuEach(), strict=True).dispatches
+    download_s, t0 = planning._physics.download_s[0], planned.snapshot.now  # sd15: 2.1 GB at 0.5 GB/s
+    assert first.placement.cache == "store" and first.placement.start_s == t0
+    assert second.placement.cache == "disk" and second.placement.start_s == pytest.approx(t0 + download_s)
+    decisions = planning.to_decisions(planned, planning.plan_snapshot(planned.snapshot, OneGpuEach(), strict=True))
+    assert decisions[1].predicted_latency_s == pytest.approx(second.placement.finish_s(20) - t0, abs=1e-3)
+    assert decisions[1].predicted_latency_s > download_s + planning._physics.load_s[0]
