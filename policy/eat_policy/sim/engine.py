@@ -333,9 +333,7 @@ class Simulator:
 
 
 def _k_max(sc: scenarios.Scenario, trace: traces.Trace) -> np.ndarray:
-    """Each job's most patches: 8 in the prototype's model; on edge, what its (square) image
-    splits into as the inference runtime splits it (``catalog.ModelSpec.max_patches``)."""
+    """Each job's most patches: 8 in the prototype's model; on edge, what its image splits into."""
     if sc.name != "edge":
         return np.full(len(trace), 8, dtype=np.int64)
-    heights = np.sqrt(trace.pixels).round().astype(np.int64)
-    return np.array([catalog.MODELS[m].max_patches(int(h)) for m, h in zip(trace.model, heights)], dtype=np.int64)
+    return traces.max_patches(trace.model, trace.pixels)

@@ -20,9 +20,8 @@ class JobRecords:
     k: np.ndarray
     steps: np.ndarray
     quality: np.ndarray
-    cold: np.ndarray
-    """Whether the job's latest dispatch had to load its model."""
     cold_dispatches: np.ndarray
+    """How many of the job's dispatches had to load its model."""
     reward: np.ndarray
     attempts: np.ndarray
 
@@ -30,12 +29,11 @@ class JobRecords:
     def empty(cls, n: int) -> "JobRecords":
         nan = np.full(n, np.nan)
         return cls(nan.copy(), nan.copy(), np.zeros(n, np.int64), np.zeros(n, np.int64), nan.copy(),
-                   np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.int64))
+                   np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.int64))
 
     def start(self, job: int, now: float, k: int, steps: int, quality: float, cache: str, reward: float) -> None:
         self.start_s[job], self.k[job], self.steps[job], self.quality[job] = now, k, steps, quality
-        self.cold[job] = cache not in ("resident", "warm")
-        self.cold_dispatches[job] += self.cold[job]
+        self.cold_dispatches[job] += cache not in ("resident", "warm")
         self.reward[job] += reward
         self.attempts[job] += 1
 

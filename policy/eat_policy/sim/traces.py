@@ -79,12 +79,19 @@ def _edge_trace(sc: scenarios.Scenario, rng: np.random.Generator) -> Trace:
     return Trace(arrivals, model.astype(np.int64), pixels, steps_min, steps_max, deadline, k.astype(np.int64))
 
 
+def max_patches(model: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Each edge job's most patches: what its (square) image splits into, as the inference
+    runtime splits it (``catalog.ModelSpec.max_patches``)."""
+    heights = np.sqrt(pixels).round().astype(np.int64)
+    return np.array([catalog.MODELS[m].max_patches(int(h)) for m, h in zip(model, heights)], dtype=np.int64)
+
+
 def _fixed_k(sc: scenarios.Scenario, model: np.ndarray, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each job's own patch count, among the choices its (square) image splits into: a job asking
-    for more would be refused at admission (the operator's InvalidSpec), so none arrives."""
+    """Each job's own patch count, among the choices its image splits into: a job asking for
+    more would be refused at admission (the operator's InvalidSpec), so none arrives."""
     out = np.empty(len(model), dtype=np.int64)
-    for i, (m, px) in enumerate(zip(model, pixels)):
-        fits = [k for k in sc.k_choices if k <= catalog.MODELS[m].max_patches(round(math.sqrt(px)))]
+    for i, (m, px, most) in enumerate(zip(model, pixels, max_patches(model, pixels))):
+        fits = [k for k in sc.k_choices if k <= most]
         if not fits:
             raise scenarios.ScenarioError(f"no k in {sc.k_choices} splits a {catalog.MODELS[m].name} image of {px:g} px")
         out[i] = rng.choice(fits)
