@@ -24,7 +24,7 @@ TIME_SCALE_S = 60.0
 TIME_CLIP = 10.0
 NODE_DIM, JOB_DIM, PAIR_DIM, GLOBAL_DIM = 11, MAX_MODELS + 6 + len(K_VALUES), 4, 4
 
-_LOAD_S = np.array([m.size_gb / catalog.DISK_LOAD_GB_S + catalog.PIPELINE_INIT_S for m in catalog.MODELS])
+_LOAD_S = np.array([m.disk_start_s() for m in catalog.MODELS])
 _FETCH_S = _LOAD_S + np.array([m.size_gb / catalog.STORE_FETCH_GB_S for m in catalog.MODELS])
 _VRAM_GB = np.array([m.vram_gb for m in catalog.MODELS])
 

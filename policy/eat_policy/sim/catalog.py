@@ -105,6 +105,10 @@ class ModelSpec:
         compute = self.c512_s * u * r * ((1 - self.f512) + self.f512 * r) / speed
         return self.t_floor_s + compute / speedup
 
+    def disk_start_s(self) -> float:
+        """A cold pod's start-up with the weights on the node's disk: pipeline init + load (§6e)."""
+        return self.size_gb / DISK_LOAD_GB_S + PIPELINE_INIT_S
+
     def quality(self, steps: int) -> float:
         knots = self.quality_knots
         if steps <= knots[0][0]:

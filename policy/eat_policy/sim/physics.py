@@ -192,7 +192,7 @@ class EdgePhysics:
 
     def __init__(self, models: tuple[catalog.ModelSpec, ...] = catalog.MODELS) -> None:
         self.models = models
-        self.load_s = np.array([m.size_gb / catalog.DISK_LOAD_GB_S + catalog.PIPELINE_INIT_S for m in models])
+        self.load_s = np.array([m.disk_start_s() for m in models])
         self.download_s = np.array([m.size_gb / catalog.STORE_FETCH_GB_S for m in models])
         self.fetch_s = self.load_s + self.download_s
         self._shapes: dict[tuple[int, float, float, int, str], tuple[float, float]] = {}
