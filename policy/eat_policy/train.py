@@ -74,6 +74,9 @@ class Args:
     """Cluster size (default: 4 paper, 8 edge)."""
     mode: str = "choose-k"
     """Paper only: ``choose-k``, ``fixed-k`` (jobs bring k) or ``mixed`` (either, per episode)."""
+    gpu_keeps_model: bool = True
+    """Edge only: GPUs keep models between jobs (a warm pool); False: every job loads its model,
+    as the operator's one-pod-per-rank jobs do (``scenarios.Scenario.gpu_keeps_model``)."""
     gamma: float = 0.99
     """Discount per ``discount_time_s`` of cluster time between decisions (see ``discount``)."""
     tau: float = 0.005
@@ -183,7 +186,7 @@ def make_scenario(args: Args, point: float, mode: str = "choose-k") -> scenarios
     nodes = {} if args.nodes is None else {"n_nodes": args.nodes}
     if args.scenario == "paper":
         return scenarios.paper(mode=mode, rate=point, **nodes)
-    return scenarios.edge(load=point, **nodes)
+    return scenarios.edge(load=point, gpu_keeps_model=args.gpu_keeps_model, **nodes)
 
 
 def make_env(args: Args, rng: np.random.Generator) -> sim_env.SchedulingEnv:
@@ -410,12 +413,9 @@ def train(args: Args) -> Path:
     if log_file.tell() == 0:
         log.writerow(["kind", "step", "wall_s", "return", "resp_mean_s", "quality_mean", "deadline_attainment",
                       "qf_loss", "actor_loss", "alpha", "entropy"])
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     episode_return, losses = 0.0, {"qf": float("nan"), "actor": float("nan"), "entropy": float("nan")}
     start_step = global_step
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[info]}")) as bar:
+    with _progress() as bar:
         task = bar.add_task(f"train {args.scenario}/{args.variant}", total=args.total_timesteps,
                             completed=global_step, info="")
         while global_step < args.total_timesteps:
@@ -588,19 +588,33 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     teacher = make_teacher(args.bc_policy, objective(args))
     hint = eat_agent.hinter_of(actor)
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
-    for round_ in range(1 + args.bc_dagger):
-        for _ in range(args.bc_episodes):
-            _label_episode(args, rng, teacher, actor if round_ > 0 else None, hint, rb, labels)
-        for i in range(args.bc_updates):
-            obs, actions, _, _, _ = labels.sample(args.batch_size, rng)
-            logp = nets.masked_log_probs(*actor(obs), obs)
-            loss = F.nll_loss(logp, actions)
-            actor_optimizer.zero_grad()
-            loss.backward()
-            actor_optimizer.step()
-            sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
-                       qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
+    rounds = 1 + args.bc_dagger
+    with _progress() as bar:
+        task = bar.add_task(f"warm start from {args.bc_policy}", total=rounds * (args.bc_episodes + args.bc_updates), info="")
+        for round_ in range(rounds):
+            for e in range(args.bc_episodes):
+                bar.update(task, info=f"round {round_ + 1}/{rounds}: episode {e + 1}/{args.bc_episodes}, {len(labels)} labels")
+                _label_episode(args, rng, teacher, actor if round_ > 0 else None, hint, rb, labels)
+                bar.advance(task)
+            bar.update(task, info=f"round {round_ + 1}/{rounds}: cloning {len(labels)} labels")
+            for i in range(args.bc_updates):
+                obs, actions, _, _, _ = labels.sample(args.batch_size, rng)
+                logp = nets.masked_log_probs(*actor(obs), obs)
+                loss = F.nll_loss(logp, actions)
+                actor_optimizer.zero_grad()
+                loss.backward()
+                actor_optimizer.step()
+                sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
+                           qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
+                bar.advance(task)
     return labels
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
 
 
 def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, clone: nets.Actor | None,
@@ -682,6 +696,7 @@ def main(
     nodes: Annotated[Optional[int], typer.Option(help="Cluster size (default 4 paper, 8 edge).")] = None,
     mode: Annotated[str, typer.Option(help="paper: choose-k, fixed-k or mixed (either, per episode).")] = "choose-k",
     points: Annotated[Optional[str], typer.Option(help="LO,HI: range of λ (paper) or ρ (edge) drawn per episode (default 0.01,0.11 paper, 0.5,1.0 edge).")] = None,
+    gpu_keeps_model: Annotated[bool, typer.Option(help="Edge: GPUs keep models loaded between jobs (a warm pool); --no-gpu-keeps-model: every job loads its model.")] = True,
     learning_starts: int = 1_000,
     batch_size: int = 64,
     eval_every: int = 2_500,
@@ -736,7 +751,7 @@ def main(
         if policy is not None and not base.known(policy):
             raise typer.BadParameter(f"{option}: unknown policy {policy!r}; known: {', '.join(base.names())}")
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
-                max_minutes=max_minutes, nodes=nodes, mode=mode, learning_starts=learning_starts, batch_size=batch_size,
+                max_minutes=max_minutes, nodes=nodes, mode=mode, gpu_keeps_model=gpu_keeps_model, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,

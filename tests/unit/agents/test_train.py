@@ -21,7 +21,8 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
            "--bc-policy", "cache-lct", "--bc-episodes", "2", "--bc-updates", "5", "--bc-weight", "0.5",
            "--target-entropy-frac", "0.1", "--actor-starts", "200", "--kl-weight", "0.5",
            "--out", str(tmp_path), "--export", str(tmp_path / "exported.pt")]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=280)
+    ran = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=280, env=os.environ | {"COLUMNS": "200"})
+    assert "warm start from cache-lct" in ran.stdout and "round 1/1: cloning" in ran.stdout  # its progress shows
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.npz"):
         assert (run_dir / name).exists(), name
