@@ -84,6 +84,10 @@ def parse(body: dict[str, Any], models: dict[str, tuple[int, int]]) -> JobSpec:
     if spec.patches is not None and spec.max_patches is not None and spec.patches > spec.max_patches:
         raise InvalidSpec("InvalidSpec", f"spec.patches {spec.patches} exceeds spec.maxPatches {spec.max_patches}")
     model = catalog.MODEL_BY_NAME[spec.model]
+    if not model.cfg and spec.guidance_scale is not None and spec.guidance_scale > 1:
+        # The plan prices one UNet pass per step for it; guidance above 1 would run two.
+        raise InvalidSpec("InvalidSpec", f"{spec.model} is distilled to run without classifier-free guidance: "
+                                         f"spec.guidanceScale must be at most 1 (default 0), got {spec.guidance_scale:g}")
     if spec.patches is not None and spec.patches > model.max_patches(spec.height):
         unit = model.patch_row_px * spec.patches
         raise InvalidSpec("InvalidSpec", f"spec.height {spec.height} does not split into {spec.patches} row patches "

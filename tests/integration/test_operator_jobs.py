@@ -150,6 +150,8 @@ BAD = [
     pytest.param({"prompt": "x", "steps": 20, "stepsMax": 30}, "set either steps", id="steps-and-range"),
     pytest.param({"prompt": "x", "outputLocation": "file:///tmp/x.png"}, "spec.outputLocation in body should match",
                  id="output-not-s3"),
+    pytest.param({"prompt": "x", "model": "sdxl-turbo", "guidanceScale": 7.5},
+                 "sdxl-turbo is distilled to run without classifier-free guidance", id="guided-turbo"),
 ]
 
 

@@ -132,7 +132,7 @@ def test_guidance_is_the_jobs_else_none_for_a_model_planned_without_it(settings)
     assert guidance(model="sdxl", guidanceScale=5.0) == "5.0"
     # SDXL-Turbo is simulated and planned at one UNet pass per step: without guidance's second one.
     assert guidance(model="sdxl-turbo", width=512, height=512, stepsMin=1, stepsMax=4) == "0.0"
-    assert guidance(model="sdxl-turbo", width=512, height=512, stepsMin=1, stepsMax=4, guidanceScale=2.0) == "2.0"
+    assert guidance(model="sdxl-turbo", width=512, height=512, stepsMin=1, stepsMax=4, guidanceScale=1.0) == "1.0"
 
 
 def test_sim_fail_annotation_fails_rank_zero_of_the_first_attempts(settings) -> None:  # type: ignore[no-untyped-def]

@@ -51,6 +51,10 @@ def test_bad_specs_the_schema_would_also_refuse() -> None:
         spec_mod.parse(job(patches=8, maxPatches=2), MODELS)
     with pytest.raises(spec_mod.InvalidSpec, match="spec.height 768 does not split into 8 row patches for sd15"):
         spec_mod.parse(job(patches=8, height=768), MODELS)
+    with pytest.raises(spec_mod.InvalidSpec, match="sdxl-turbo is distilled to run without classifier-free guidance"):
+        spec_mod.parse(job(model="sdxl-turbo", guidanceScale=7.5), MODELS)
+    assert spec_mod.parse(job(model="sdxl-turbo", guidanceScale=1.0), MODELS).guidance_scale == 1.0
+    assert spec_mod.parse(job(model="sdxl", guidanceScale=7.5), MODELS).guidance_scale == 7.5
     with pytest.raises(spec_mod.InvalidSpec, match="spec.deadlineSeconds"):
         spec_mod.parse(job(deadlineSeconds=1e300), MODELS)
     for where in ("file:///tmp/x.png", "s3://no-key", "s3://Upper/k.png", "/output/x.png"):
@@ -64,6 +68,16 @@ def test_the_crd_and_the_operator_accept_the_same_output_locations() -> None:
     crd = yaml.safe_load((REPO / "charts/eat/crds/aigcjobs.eat.aigc.io.yaml").read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     assert spec["outputLocation"]["pattern"] == api.OUTPUT_LOCATION_PATTERN
+
+
+def test_the_crds_guidance_rule_names_the_catalogs_models_without_guidance() -> None:
+    from eat_policy.sim import catalog
+
+    crd = yaml.safe_load((REPO / "charts/eat/crds/aigcjobs.eat.aigc.io.yaml").read_text())
+    rules = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+    (rule,) = [r["rule"] for r in rules if "guidanceScale" in r["rule"]]
+    without = [m.name for m in catalog.MODELS if not m.cfg]
+    assert without and f"self.model in {without!r}" in rule
 
 
 def obj(name: str, rv: str, uid: str = "u") -> dict:
