@@ -347,4 +347,3 @@ def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two images in [0, 1] (inf when equal)."""
     mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
     return float("inf") if mse == 0.0 else 10.0 * float(np.log10(1.0 / mse))
-
