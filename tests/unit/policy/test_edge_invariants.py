@@ -9,7 +9,7 @@ from eat_policy.sim import catalog, engine, scenarios, traces
 from .conftest import run
 
 HEURISTICS = ["random", "round-robin", "first-fit", "least-loaded", "cache-lct", "edf-cache", "cache-lct-queue",
-              "edf-cache-queue"]
+              "edf-cache-queue", "edf-cache-queue-fit"]
 
 
 @pytest.mark.parametrize("name", HEURISTICS)

@@ -1,5 +1,7 @@
 """Heuristics behave as documented: warm caches preferred, deadlines ordered, seeded randomness."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,41 @@ def test_jobs_that_bring_their_k_keep_it_and_the_rest_get_the_efficient_one() ->
     brought = fixed.snapshot().job_k
     assert brought.min() > 0 and np.array_equal(heuristics.efficient_k(fixed.snapshot()), brought)
     assert set(heuristics.efficient_k(free.snapshot()).tolist()) == {2}  # paper: k·c_k is least at 2
+
+
+def _one_gpu_job(deadline_in_s: float) -> tuple[engine.Simulator, "base.Snapshot"]:
+    """The first edge job (no warm pool), one GPU only, due ``deadline_in_s`` from now."""
+    sim = _edge(gpu_keeps_model=False)
+    snap = sim.snapshot()
+    return sim, dataclasses.replace(snap, job_k_max=np.ones_like(snap.job_k_max),
+                                    job_deadline_s=np.full(snap.n_jobs, snap.now + deadline_in_s))
+
+
+def test_fit_runs_a_loose_job_on_the_slowest_idle_gpu_at_the_same_steps() -> None:
+    _, snap = _one_gpu_job(deadline_in_s=1000.0)
+    inner = base.make("edf-cache-queue").decide(snap)
+    fit = base.make("edf-cache-queue-fit").decide(snap)
+    assert inner is not None and fit is not None
+    usable = heuristics.usable_idle_gpus(snap, fit.job)
+    assert snap.gpu_speed[fit.gpus[0]] == snap.gpu_speed[usable].min() < snap.gpu_speed[inner.gpus[0]]
+    assert (fit.job, fit.steps) == (inner.job, inner.steps)
+
+
+def test_fit_keeps_a_tight_job_on_the_gpu_that_meets_its_deadline() -> None:
+    sim, loose = _one_gpu_job(deadline_in_s=1000.0)
+    inner = base.make("edf-cache-queue").decide(loose)
+    assert inner is not None
+    finish = sim.physics.estimate(loose, inner.job, inner.gpus).finish_s(inner.steps)
+    _, tight = _one_gpu_job(deadline_in_s=finish - loose.now + 1e-6)  # only the fastest GPU makes it
+    assert base.make("edf-cache-queue-fit").decide(tight) == base.make("edf-cache-queue").decide(tight) == inner
+
+
+def test_fit_meets_more_deadlines_sooner_without_a_warm_pool() -> None:
+    # Without it, loose jobs took the fast GPUs that tight SDXL jobs need (measured in DeadlineFit).
+    sim = engine.Simulator(scenarios.edge(n_nodes=8, load=0.8, gpu_keeps_model=False))
+    runs = {name: [evaluate.run_episode(sim, base.make(name), seed)[0] for seed in range(3)]
+            for name in ("edf-cache-queue", "edf-cache-queue-fit")}
+    met, resp = ({name: np.mean([m[key] for m in ms]) for name, ms in runs.items()}
+                 for key in ("deadline_attainment", "resp_mean_s"))
+    assert met["edf-cache-queue-fit"] > met["edf-cache-queue"] + 0.03
+    assert resp["edf-cache-queue-fit"] < resp["edf-cache-queue"]
