@@ -252,7 +252,7 @@ def main() -> None:
         console.print()
         all_done = summarise(items, time.monotonic() - t0)
         console.rule("4. side by side")
-        policies = (["eat"] if "eat" in base.names() and checkpoint.exists() else []) + ["edf-cache-queue", "edf-cache", "cache-lct", "first-fit"]
+        policies = (["eat"] if "eat" in base.names() and checkpoint.exists() else []) + ["edf-cache-queue-fit", "edf-cache-queue", "edf-cache", "first-fit"]
         console.print(simulate_same_burst(sc, args.seed, policies))
         console.print(f"logs: {work}")
         if not all_done:

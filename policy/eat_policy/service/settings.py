@@ -14,7 +14,7 @@ class Settings(BaseSettings):
 
     checkpoint: Path | None = None
     """Learned policy checkpoint (.pt). None or unloadable: the fallback heuristic answers."""
-    fallback_policy: str = "edf-cache-queue"
+    fallback_policy: str = "edf-cache-queue-fit"
     """The heuristic that answers when the learned policy cannot (the strongest one measured)."""
     device: str = "cpu"
     """Torch device for the learned policy (``cpu``, ``cuda``, ``cuda:1``). Decisions take

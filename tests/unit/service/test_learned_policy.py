@@ -60,7 +60,7 @@ def test_a_policy_that_raises_is_replaced_by_the_fallback(planner: Planner, monk
 
     monkeypatch.setattr(planner.learned, "decide", boom)
     body = planner.plan(request())
-    assert body.policy.fallback and body.policy.name == "edf-cache-queue"
+    assert body.policy.fallback and body.policy.name == "edf-cache-queue-fit"
     assert "nan in the actor" in (body.policy.fallback_reason or "")
     assert any(d.action == "dispatch" for d in body.decisions)
 

@@ -21,7 +21,7 @@ def test_dispatches_onto_the_warm_node_and_explains_why(client) -> None:  # type
     assert d["action"] == "dispatch" and d["nodes"] == ["warm-b"] and d["cache"] == "resident"
     assert 15 <= d["steps"] <= 40 and d["predicted_latency_s"] > 0 and 0 < d["predicted_quality"] < 1
     assert any("warm-b: model warm in GPU memory" in line for line in d["explanation"])
-    assert body["policy"] == {"name": "edf-cache-queue", "version": "heuristic", "fallback": True,
+    assert body["policy"] == {"name": "edf-cache-queue-fit", "version": "heuristic", "fallback": True,
                               "fallback_reason": "no checkpoint configured"}
     assert body["metrics"]["used"] is False
 
@@ -117,7 +117,7 @@ def test_health_readiness_and_metrics(client) -> None:  # type: ignore[no-untype
     assert r.status_code == 503 and r.json()["reason"] == "no checkpoint configured"
     plan(client, [make_job()], [make_node("a")])
     text = client.get("/metrics").text
-    assert 'eat_policy_decisions_total{action="dispatch",policy="edf-cache-queue"}' in text
+    assert 'eat_policy_decisions_total{action="dispatch",policy="edf-cache-queue-fit"}' in text
     assert 'eat_policy_fallbacks_total{reason="no_checkpoint"}' in text
     assert "eat_policy_plan_request_duration_seconds_bucket" in text
     assert client.get("/openapi.json").json()["paths"]["/v1/plan"]
