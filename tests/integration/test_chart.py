@@ -425,6 +425,19 @@ def test_bad_values_are_refused_readably(args: list[str], message: str) -> None:
     assert message in r.stderr, r.stderr
 
 
+def test_the_fallback_pattern_takes_exactly_the_heuristics() -> None:
+    """The schema names the service's possible fallbacks by pattern; it must follow the registry."""
+    from eat_policy.agents import base
+    from eat_policy.agents import eat as eat_agent
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = re.compile(schema["properties"]["policy"]["properties"]["config"]["properties"]["fallbackPolicy"]["pattern"])
+    for name in base.names():
+        heuristic = not isinstance(base.make(name), eat_agent.LearnedPolicy)
+        assert bool(pattern.match(name)) == heuristic, name
+    assert all(pattern.match(name) for name in ("cache-lct-queue:30", "edf-cache-steps:12"))
+
+
 # --- alerts and dashboard ------------------------------------------------------------------------
 
 def known_metrics() -> set[str]:
