@@ -22,7 +22,9 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
            "--target-entropy-frac", "0.1", "--actor-starts", "200", "--kl-weight", "0.5",
            "--out", str(tmp_path), "--export", str(tmp_path / "exported.pt")]
     ran = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=280, env=os.environ | {"COLUMNS": "200"})
-    assert "warm start from cache-lct" in ran.stdout and "round 1/1: cloning" in ran.stdout  # its progress shows
+    # its progress shows as it goes, not only at the end (stdout is not a terminal here, as in a Job)
+    assert "warm start from cache-lct" in ran.stdout and "round 1/1: episode 1/2" in ran.stdout
+    assert "round 1/1: cloning" in ran.stdout
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.npz"):
         assert (run_dir / name).exists(), name
@@ -341,3 +343,19 @@ def test_decisions_are_discounted_by_the_time_between_them_and_episode_ends_boot
     # ... from the state the episode reached, not the last one (r + γ·V(s) would loop on itself)
     assert not all(np.array_equal(rb.next[k][n - 1], rb.obs[k][n - 1]) for k in rb.obs)
     assert rb.next["job_mask"][n - 1].sum() == 0  # every job served: nothing left to dispatch
+
+
+def test_plain_progress_prints_a_line_per_new_note_and_the_last_state(capsys) -> None:  # type: ignore[no-untyped-def]
+    from eat_policy import train
+
+    with train.PlainProgress(every_s=3600) as bar:
+        task = bar.add_task("warm start", total=4, info="")
+        bar.update(task, info="episode 1")
+        bar.advance(task)
+        bar.advance(task)  # same note, within the period: no line
+        bar.update(task, info="cloning")
+        bar.advance(task)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for line, (done, note) in zip(lines, [("0/4", "episode 1"), ("2/4", "cloning"), ("3/4", "cloning")]):
+        assert line.startswith(f"warm start {done} ") and line.endswith(f"s {note}")
