@@ -1,0 +1,60 @@
+"""How much is there to gain over the best heuristic on edge (issue 3's "+5 points of deadlines")?
+
+On the same traces (seeds 0..N-1), ρ 0.8, mean response and deadline attainment of:
+- ``edf-cache-queue-fit`` (the reference: the best heuristic on deadlines) and the other strong
+  heuristics;
+- the clairvoyant rollout teacher over the reference (``agents.rollout``: one-step lookahead on
+  copies of the episode, which knows future arrivals), scored by the edge training reward: what
+  policy improvement finds, an optimistic yardstick for a learned policy that sees only the state;
+- the shipped ``eat`` policy (``eat-edge``).
+Differences are paired by seed against the reference (mean ± 95% CI); quality is the mean Q(steps). Without ``--warm-pool`` the
+cluster is the operator's pods (every job loads its model), where the heuristics leave room.
+
+    python bench/edge_headroom.py --seeds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from eat_policy import evaluate
+from eat_policy.agents import base, rollout
+from eat_policy.sim import engine, scenarios
+
+REFERENCE = "edf-cache-queue-fit"
+HEURISTICS = ("edf-cache-queue", "cache-lct-queue-fit")
+TRAINING_OBJECTIVE = rollout.Objective(env_reward_weight=1.0, time_scale_s=600.0)
+"""``eat-policy train``'s edge reward: the env's reward less job-seconds / 600 s."""
+
+
+def policies() -> dict[str, base.Policy]:
+    out = {name: base.make(name) for name in (REFERENCE, *HEURISTICS)}
+    out[f"rollout teacher over {REFERENCE}"] = rollout.RolloutTeacher(REFERENCE, TRAINING_OBJECTIVE)
+    out["eat (eat-edge)"] = base.make("eat")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--nodes", type=int, default=8)
+    parser.add_argument("--warm-pool", action="store_true", help="GPUs keep models between jobs")
+    args = parser.parse_args()
+    seeds = range(args.seeds)
+    sim = engine.Simulator(scenarios.edge(n_nodes=args.nodes, load=0.8, gpu_keeps_model=args.warm_pool))
+    results = {name: [evaluate.run_episode(sim, policy, s)[0] for s in seeds] for name, policy in policies().items()}
+    physics = "warm pool" if args.warm_pool else "pods, no warm pool"
+    print(f"edge, {args.nodes} nodes, ρ 0.8, {physics}, seeds 0..{len(seeds) - 1}; Δ paired against {REFERENCE}")
+    print(f"  {'policy':<42} {'response s':>10} {'deadlines':>9} {'quality':>7}   {'Δ response s':>14}   {'Δ deadlines, points':>20}")
+    for name, episodes in results.items():
+        resp, _ = evaluate.mean_ci(m["resp_mean_s"] for m in episodes)
+        met, _ = evaluate.mean_ci(m["deadline_attainment"] for m in episodes)
+        quality, _ = evaluate.mean_ci(m["quality_mean"] for m in episodes)
+        d_resp = evaluate.mean_ci(m["resp_mean_s"] - r["resp_mean_s"] for m, r in zip(episodes, results[REFERENCE]))
+        d_met = evaluate.mean_ci(100 * (m["deadline_attainment"] - r["deadline_attainment"])
+                                 for m, r in zip(episodes, results[REFERENCE]))
+        print(f"  {name:<42} {resp:10.2f} {met:9.1%} {quality:7.3f}   {d_resp[0]:+7.2f} ± {d_resp[1]:4.2f}   {d_met[0]:+11.1f} ± {d_met[1]:4.1f}")
+
+
+if __name__ == "__main__":
+    main()
