@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from eat_policy import evaluate as evaluation
+from eat_policy import progress
 from eat_policy.agents import base
 from eat_policy.sim import engine, scenarios
 
@@ -131,10 +131,13 @@ def evaluate(
         make(p)  # validate every point before running any
     out = out or Path("runs") / f"eval-{scenario}-{mode}"
     total = len(points) * len(names) * seeds
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("episodes", total=total)
-        results = evaluation.sweep(make, names, points, range(first_seed, first_seed + seeds),
-                                   progress=lambda: bar.advance(task))
+    with progress.bar(console=console, transient=True) as bar:
+        task = bar.add_task("episodes", total=total, info="")
+
+        def done(r: evaluation.EpisodeResult) -> None:
+            bar.update(task, advance=1, info=f"{r.policy} at {r.point:g}, seed {r.seed}")
+
+        results = evaluation.sweep(make, names, points, range(first_seed, first_seed + seeds), progress=done)
     evaluation.write_csv(results, out / "episodes.csv")
     plots = evaluation.plot(results, out, label)
     console.print(_table(evaluation.summarise(results), label, f"{scenario} ({mode}), {_seed_range(first_seed, seeds)}, mean ± 95% CI"))

@@ -51,9 +51,9 @@ def sweep(
     policies: Iterable[str],
     points: Iterable[float],
     seeds: Iterable[int],
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
-    """Run every policy on every (point, seed) trace."""
+    """Run every policy on every (point, seed) trace; ``progress`` gets each episode's result."""
     results = []
     for point in points:
         sim = engine.Simulator(make_scenario(point))
@@ -63,7 +63,7 @@ def sweep(
                 metrics, resp = run_episode(sim, policy, seed)
                 results.append(EpisodeResult(name, point, seed, metrics, resp))
                 if progress:
-                    progress()
+                    progress(results[-1])
     return results
 
 

@@ -34,7 +34,6 @@ import itertools
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -44,7 +43,7 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from eat_policy import nets
+from eat_policy import nets, progress
 from eat_policy.agents import base
 from eat_policy.agents import eat as eat_agent
 from eat_policy.agents import rollout
@@ -416,7 +415,7 @@ def train(args: Args) -> Path:
                       "qf_loss", "actor_loss", "alpha", "entropy"])
     episode_return, losses = 0.0, {"qf": float("nan"), "actor": float("nan"), "entropy": float("nan")}
     start_step = global_step
-    with _progress() as bar:
+    with progress.bar() as bar:
         task = bar.add_task(f"train {args.scenario}/{args.variant}", total=args.total_timesteps,
                             completed=global_step, info="")
         while global_step < args.total_timesteps:
@@ -590,7 +589,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     hint = eat_agent.hinter_of(actor)
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
     rounds = 1 + args.bc_dagger
-    with _progress() as bar:
+    with progress.bar() as bar:
         task = bar.add_task(f"warm start from {args.bc_policy}", total=rounds * (args.bc_episodes + args.bc_updates), info="")
         for round_ in range(rounds):
             for e in range(args.bc_episodes):
@@ -609,57 +608,6 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
                            qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
                 bar.advance(task)
     return labels
-
-
-def _progress() -> Any:
-    """A progress bar on a terminal; on a log (a Kubernetes Job, ``nohup``), where rich would
-    show only the final state, plain lines (``PlainProgress``)."""
-    if not sys.stdout.isatty():
-        return PlainProgress()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
-
-
-class PlainProgress:
-    """Rich's ``Progress`` calls used here, as log lines: one per task whenever its note changes,
-    at least every ``every_s`` while it runs, and its last state at the end."""
-
-    def __init__(self, every_s: float = 60.0) -> None:
-        self.every_s = every_s
-        self.tasks: list[dict[str, Any]] = []
-        self.start = time.monotonic()
-
-    def __enter__(self) -> PlainProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for task in range(len(self.tasks)):
-            self._print(task)
-
-    def add_task(self, description: str, total: int, completed: int = 0, info: str = "") -> int:
-        self.tasks.append({"description": description, "total": total, "completed": completed, "info": info,
-                           "printed_s": -math.inf})
-        return len(self.tasks) - 1
-
-    def update(self, task: int, completed: int | None = None, info: str | None = None) -> None:
-        t = self.tasks[task]
-        if completed is not None:
-            t["completed"] = completed
-        changed = info is not None and info != t["info"]
-        if info is not None:
-            t["info"] = info
-        if changed or time.monotonic() - t["printed_s"] >= self.every_s:
-            self._print(task)
-
-    def advance(self, task: int) -> None:
-        self.update(task, completed=self.tasks[task]["completed"] + 1)
-
-    def _print(self, task: int) -> None:
-        t = self.tasks[task]
-        t["printed_s"] = now = time.monotonic()
-        print(f"{t['description']} {t['completed']}/{t['total']} {now - self.start:.0f}s {t['info']}".rstrip(), flush=True)
 
 
 def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, clone: nets.Actor | None,

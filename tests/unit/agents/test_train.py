@@ -344,18 +344,3 @@ def test_decisions_are_discounted_by_the_time_between_them_and_episode_ends_boot
     assert not all(np.array_equal(rb.next[k][n - 1], rb.obs[k][n - 1]) for k in rb.obs)
     assert rb.next["job_mask"][n - 1].sum() == 0  # every job served: nothing left to dispatch
 
-
-def test_plain_progress_prints_a_line_per_new_note_and_the_last_state(capsys) -> None:  # type: ignore[no-untyped-def]
-    from eat_policy import train
-
-    with train.PlainProgress(every_s=3600) as bar:
-        task = bar.add_task("warm start", total=4, info="")
-        bar.update(task, info="episode 1")
-        bar.advance(task)
-        bar.advance(task)  # same note, within the period: no line
-        bar.update(task, info="cloning")
-        bar.advance(task)
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
-    for line, (done, note) in zip(lines, [("0/4", "episode 1"), ("2/4", "cloning"), ("3/4", "cloning")]):
-        assert line.startswith(f"warm start {done} ") and line.endswith(f"s {note}")

@@ -34,6 +34,7 @@ def test_evaluate_writes_table_csv_and_plots(tmp_path) -> None:  # type: ignore[
                                      "--policies", "first-fit,edf-cache", "--jobs", "30", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "edf-cache" in result.output and "±" in result.output
+    assert "episodes 1/8" in result.output and "first-fit at 0.5, seed 0" in result.output  # progress, as it goes
     rows = list(csv.DictReader((out / "episodes.csv").open()))
     assert len(rows) == 2 * 2 * 2
     for name in ("response_vs_load.png", "deadline_vs_load.png", "response_cdf.png"):
