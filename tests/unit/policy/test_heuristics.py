@@ -211,6 +211,15 @@ def test_fit_keeps_a_tight_job_on_the_gpu_that_meets_its_deadline() -> None:
     assert base.make("edf-cache-queue-fit").decide(tight) == base.make("edf-cache-queue").decide(tight) == inner
 
 
+def test_fit_runs_a_job_late_everywhere_on_the_slowest_idle_gpu() -> None:
+    _, snap = _one_gpu_job(deadline_in_s=0.1)  # no GPU finishes anything in 0.1 s
+    inner = base.make("edf-cache-queue").decide(snap)
+    fit = base.make("edf-cache-queue-fit").decide(snap)
+    assert inner is not None and fit is not None and (fit.job, fit.steps) == (inner.job, inner.steps)
+    usable = heuristics.usable_idle_gpus(snap, fit.job)
+    assert snap.gpu_speed[fit.gpus[0]] == snap.gpu_speed[usable].min() < snap.gpu_speed[inner.gpus[0]]
+
+
 def test_fit_meets_more_deadlines_sooner_without_a_warm_pool() -> None:
     # Without it, loose jobs took the fast GPUs that tight SDXL jobs need (measured in DeadlineFit).
     sim = engine.Simulator(scenarios.edge(n_nodes=8, load=0.8, gpu_keeps_model=False))
