@@ -7,8 +7,9 @@ On the same traces (seeds 0..N-1), ρ 0.8, mean response and deadline attainment
   copies of the episode, which knows future arrivals), scored by the edge training reward: what
   policy improvement finds, an optimistic yardstick for a learned policy that sees only the state;
 - the shipped ``eat`` policy (``eat-edge``).
-Differences are paired by seed against the reference (mean ± 95% CI); quality is the mean Q(steps). Without ``--warm-pool`` the
-cluster is the operator's pods (every job loads its model), where the heuristics leave room.
+Differences are paired by seed against the reference (mean ± 95% CI); quality is the mean
+Q(steps). Without ``--warm-pool`` the cluster is the operator's pods (every job loads its model),
+where the heuristics leave room.
 
     python bench/edge_headroom.py --seeds 8
 """

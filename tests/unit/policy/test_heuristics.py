@@ -8,6 +8,7 @@ import pytest
 from eat_policy.agents import base, heuristics
 from eat_policy import evaluate
 from eat_policy.sim import catalog, engine, paper, scenarios
+from eat_policy.snapshot import Snapshot
 
 from .conftest import run
 
@@ -184,7 +185,7 @@ def test_jobs_that_bring_their_k_keep_it_and_the_rest_get_the_efficient_one() ->
     assert set(heuristics.efficient_k(free.snapshot()).tolist()) == {2}  # paper: k·c_k is least at 2
 
 
-def _one_gpu_job(deadline_in_s: float) -> tuple[engine.Simulator, "base.Snapshot"]:
+def _one_gpu_job(deadline_in_s: float) -> tuple[engine.Simulator, Snapshot]:
     """The first edge job (no warm pool), one GPU only, due ``deadline_in_s`` from now."""
     sim = _edge(gpu_keeps_model=False)
     snap = sim.snapshot()
