@@ -114,6 +114,12 @@ class Args:
     bc_policy: Optional[str] = None
     """Warm start: fill the buffer with this policy's episodes and clone it first (reported);
     ``rollout:<heuristic>`` labels them by one-step rollouts over the heuristic (``agents.rollout``)."""
+    teacher_futures: int = 0
+    """``rollout:`` teacher: 0 plays each option out on the episode itself (clairvoyant); n > 0
+    on n futures drawn from the present, so that its labels depend only on the state."""
+    teacher_horizon_s: Optional[float] = None
+    """``rollout:`` teacher: score play-outs on the jobs arriving within this many seconds
+    (None: to the episode's end)."""
     bc_episodes: int = 0
     """Heuristic episodes for the warm start."""
     bc_dagger: int = 0
@@ -585,7 +591,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     clone act and the teacher label the states the clone reaches (DAgger), then clones all labels
     so far again. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
     assert args.bc_policy is not None
-    teacher = make_teacher(args.bc_policy, objective(args))
+    teacher = make_teacher(args.bc_policy, objective(args), args.teacher_futures, args.teacher_horizon_s)
     hint = eat_agent.hinter_of(actor)
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
     rounds = 1 + args.bc_dagger
@@ -644,11 +650,12 @@ def load_demos(run_dir: Path) -> ReplayBuffer:
     return ReplayBuffer.load_states(path)
 
 
-def make_teacher(name: str, objective: rollout.Objective) -> base.Policy:
+def make_teacher(name: str, objective: rollout.Objective, futures: int = 0, horizon_s: float | None = None) -> base.Policy:
     """A registered policy, or ``rollout:<heuristic>`` (``agents.rollout``, training only),
-    which scores its play-outs by ``objective``."""
+    which scores its play-outs by ``objective`` over ``futures`` drawn futures (0: the episode's
+    own) up to ``horizon_s``."""
     if name.startswith(rollout.PREFIX):
-        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX), objective)
+        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX), objective, futures, horizon_s)
     return base.make(name)
 
 
@@ -697,6 +704,8 @@ def main(
     eval_nodes: Annotated[Optional[str], typer.Option(help="Comma-separated further cluster sizes the periodic evaluation covers (the best policy is chosen on the mean).")] = None,
     hint: Annotated[Optional[str], typer.Option(help="Heuristic whose proposal the policy sees at every decision (e.g. edf-cache-queue).")] = None,
     bc_policy: Annotated[Optional[str], typer.Option(help="Heuristic to warm-start from (e.g. edf-cache), or rollout:<heuristic>, its one-step rollout improvement.")] = None,
+    teacher_futures: Annotated[int, typer.Option(help="rollout: teacher: futures drawn from the present per decision (0: the episode's own, clairvoyant).")] = 0,
+    teacher_horizon: Annotated[Optional[float], typer.Option(help="rollout: teacher: score play-outs on the jobs arriving within this many seconds (default: to the episode's end).")] = None,
     bc_episodes: int = 0,
     bc_updates: int = 0,
     bc_dagger: Annotated[int, typer.Option(help="DAgger rounds after the first clone (the clone acts, the teacher labels).")] = 0,
@@ -740,12 +749,17 @@ def main(
     if resume is not None and bc_weight > 0 and not (resume / DEMOS_FILE).exists():
         raise typer.BadParameter(f"bc-weight: {resume / DEMOS_FILE} is missing (the run had no warm start), "
                                  "so there is no clone loss to keep")
+    if (teacher_futures or teacher_horizon is not None) and not (bc_policy or "").startswith(rollout.PREFIX):
+        raise typer.BadParameter("teacher-futures and teacher-horizon shape a rollout: teacher; give --bc-policy rollout:<heuristic>")
+    if teacher_futures < 0 or (teacher_horizon is not None and teacher_horizon <= 0):
+        raise typer.BadParameter(f"teacher-futures must be >= 0 and teacher-horizon > 0, got {teacher_futures} and {teacher_horizon}")
     for option, policy in (("hint", hint), ("bc-policy", bc_policy and bc_policy.removeprefix(rollout.PREFIX))):
         if policy is not None and not base.known(policy):
             raise typer.BadParameter(f"{option}: unknown policy {policy!r}; known: {', '.join(base.names())}")
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
                 max_minutes=max_minutes, nodes=nodes, mode=mode, gpu_keeps_model=gpu_keeps_model, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
+                teacher_futures=teacher_futures, teacher_horizon_s=teacher_horizon,
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
                 target_entropy_frac=target_entropy_frac, actor_starts=actor_starts, kl_weight=kl_weight)

@@ -1,15 +1,17 @@
-"""A training-only teacher: one-step lookahead over a heuristic, scored by full rollouts.
+"""A training-only teacher: one-step lookahead over a heuristic, scored by rollouts.
 
 At each decision it takes the heuristic's proposal and a few alternatives (wait, unless every GPU
 is idle; the proposed job on the fastest idle GPU that holds its model, has it on disk, or has
-neither; the proposed steps ×0.75 and ×1.25), plays each out on a copy of the simulator to the
-end of the episode with the heuristic deciding everything after it, and keeps the one with the
-highest return under the training objective (``Objective``: the env's reward, quality and the
-job-seconds spent in the system, weighted as ``eat-policy train`` weights them). That is policy
-iteration's improvement step, exact because the copy is the same episode; it is also
-clairvoyant (the copy knows future arrivals), so it cannot serve: it labels demonstrations for
-``eat-policy train --bc-policy rollout:<heuristic>``, and the learned policy, which sees only the
-state, learns what of the improvement a state can predict.
+neither; the proposed steps ×0.75 and ×1.25), plays each out on a copy of the simulator with the
+heuristic deciding everything after it, and keeps the one with the highest return under the
+training objective (``Objective``: the env's reward, quality and the job-seconds spent in the
+system, weighted as ``eat-policy train`` weights them). That is policy iteration's improvement
+step. By default the copy is the same episode, so the step is exact but clairvoyant (the copy
+knows future arrivals): labels the state cannot predict. With ``futures`` = n the options are
+played out on n futures drawn from the present instead (``Simulator.with_future``, the same n
+for every option), a teacher that knows only what a policy can; ``horizon_s`` scores the
+play-outs on the jobs arriving within that many seconds, which cuts their cost and their noise.
+Either way it labels demonstrations for ``eat-policy train --bc-policy rollout:<heuristic>``.
 """
 
 from __future__ import annotations
@@ -48,13 +50,29 @@ class Objective:
         job_seconds = float(metrics.responses(sim.records, sim.trace, sim.now).sum())
         return self.reward(env_rewards, quality, job_seconds)
 
+    def of_first_jobs(self, n: int, sim: engine.Simulator) -> float:
+        """The return earned on the first ``n`` jobs, all started: their dispatch rewards, quality
+        and job-seconds from arrival to (known) finish."""
+        finish = sim.known_finish_s()[:n]
+        started = np.isfinite(finish)
+        job_seconds = float((finish[started] - sim.trace.arrival_s[:n][started]).sum())
+        return self.reward(float(sim.records.reward[:n].sum()), float(np.nansum(sim.records.quality[:n])), job_seconds)
+
 
 class RolloutTeacher:
-    def __init__(self, heuristic: str, objective: Objective = Objective()) -> None:
+    """``futures`` = 0 plays each option out on the episode itself (clairvoyant); n > 0 on n
+    futures drawn afresh from the present (``Simulator.with_future``), the same n for every
+    option, and keeps the option with the best mean return: a teacher that knows only the state."""
+
+    def __init__(self, heuristic: str, objective: Objective = Objective(), futures: int = 0,
+                 horizon_s: float | None = None) -> None:
         self.name = PREFIX + heuristic
         self.base = base.make(heuristic)
         self.objective = objective
+        self.futures = futures
+        self.horizon_s = horizon_s
         self.sim: engine.Simulator | None = None
+        self._rng = np.random.default_rng(0)
 
     def attach(self, sim: engine.Simulator) -> None:
         """The simulator whose episode the next decisions are for (copied, never stepped)."""
@@ -62,6 +80,7 @@ class RolloutTeacher:
 
     def reset(self, seed: int) -> None:
         self.base.reset(seed)
+        self._rng = np.random.default_rng([seed, 0xF07])
 
     def decide(self, snap: Snapshot) -> Decision | None:
         if self.sim is None or self.sim.snapshot() is not snap:
@@ -70,16 +89,24 @@ class RolloutTeacher:
         if proposal is None:
             return None
         options = alternatives(snap, proposal)
-        returns = [self._play_out(option) for option in options]
+        if self.futures == 0:
+            worlds = [self.sim]
+        else:
+            worlds = [self.sim.with_future(int(s)) for s in self._rng.integers(2**31, size=self.futures)]
+        returns = [np.mean([self._play_out(world, option) for world in worlds]) for option in options]
         return options[int(np.argmax(returns))]
 
-    def _play_out(self, first: Decision | None) -> float:
-        sim = copy.deepcopy(self.sim)
-        assert sim is not None
+    def _play_out(self, world: engine.Simulator, first: Decision | None) -> float:
+        sim = copy.deepcopy(world)
         env_rewards = sim.step(first)
-        while not sim.done:
-            env_rewards += sim.step(self.base.decide(sim.snapshot()))
-        return self.objective.rest_of_episode(env_rewards, sim)
+        if self.horizon_s is None:
+            while not sim.done:
+                env_rewards += sim.step(self.base.decide(sim.snapshot()))
+            return self.objective.rest_of_episode(env_rewards, sim)
+        n = int(np.searchsorted(sim.trace.arrival_s, world.now + self.horizon_s, side="right"))
+        while not sim.done and (sim.n_arrived < n or (sim.queue and sim.queue[0] < n)):
+            sim.step(self.base.decide(sim.snapshot()))
+        return self.objective.of_first_jobs(n, sim)
 
 
 def alternatives(snap: Snapshot, proposal: Decision) -> list[Decision | None]:

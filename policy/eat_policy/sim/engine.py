@@ -9,6 +9,8 @@ instant; time only moves when the policy waits or nothing can be decided.
 from __future__ import annotations
 
 import bisect
+import copy
+import dataclasses
 import heapq
 import math
 
@@ -96,6 +98,40 @@ class Simulator:
         reward = self._dispatch(decision)
         self._advance_until_decision()
         return reward
+
+    def with_future(self, seed: int) -> "Simulator":
+        """A copy whose jobs that have not arrived yet are drawn afresh from the scenario (trace
+        ``seed``), arriving after now; what has arrived, runs or is cached is kept. For poisson
+        arrivals the copy is a sample of the episode's possible futures given the present."""
+        sim = copy.deepcopy(self)
+        first = self._next_arrival
+        if first >= len(self.trace):
+            return sim
+        fresh = traces.make_trace(self.scenario, seed)
+        take = slice(self.scenario.initial_queue, self.scenario.initial_queue + len(self.trace) - first)
+        columns = {f.name: getattr(self.trace, f.name).copy() for f in dataclasses.fields(self.trace)}
+        for name, column in columns.items():
+            column[first:] = getattr(fresh, name)[take]
+        columns["arrival_s"][first:] += self.now
+        sim.trace = traces.Trace(**columns)
+        sim._k_max = _k_max(self.scenario, sim.trace)
+        if self.scenario.cut_s is None:
+            sim.end_s = float(sim.trace.arrival_s[-1]) + self.scenario.grace_s
+        return sim
+
+    @property
+    def n_arrived(self) -> int:
+        """Jobs that have arrived so far (trace order is arrival order)."""
+        return self._next_arrival
+
+    def known_finish_s(self) -> np.ndarray:
+        """Per job, when it finished or, if it runs, when it will (no noise or failure to come
+        by then); NaN for jobs not started."""
+        out = self.records.finish_s.copy()
+        for finish, token, job in self._running:
+            if token == self._token[job]:
+                out[job] = finish
+        return out
 
     def metrics(self) -> metrics.EpisodeMetrics:
         return metrics.summarise(self.records, self.trace, self.now, self.layout.n_gpus, self._busy_until_end())

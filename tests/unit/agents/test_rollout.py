@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 
 from eat_policy.agents import base, rollout
@@ -94,3 +95,59 @@ def test_the_teacher_improves_the_training_objective_not_the_prototypes_reward()
         assert _objective_of(teacher, objective) >= heuristic[seed] - 1e-9
     _, prototype_teacher = _episode(rollout.RolloutTeacher("cache-lct-queue"), scenario, 3)
     assert _objective_of(prototype_teacher, objective) < heuristic[3] - 0.1
+
+
+def test_a_drawn_future_keeps_the_present_and_redraws_what_has_not_arrived() -> None:
+    sim = engine.Simulator(scenarios.edge(n_nodes=4, load=0.8, n_jobs=40))
+    sim.reset(5)
+    heuristic = base.make("edf-cache-queue")
+    for _ in range(12):
+        sim.step(heuristic.decide(sim.snapshot()))
+    arrived = sim._next_arrival
+    assert 0 < arrived < 40
+    future = sim.with_future(77)
+    same_seed = sim.with_future(77)
+    assert (future.trace.arrival_s[:arrived] == sim.trace.arrival_s[:arrived]).all()
+    assert (future.trace.model[:arrived] == sim.trace.model[:arrived]).all()
+    assert (future.trace.arrival_s[arrived:] > sim.now).all()
+    assert (future.trace.arrival_s[arrived:] != sim.trace.arrival_s[arrived:]).all()
+    assert (same_seed.trace.arrival_s == future.trace.arrival_s).all()
+    assert (future.trace.deadline_s != sim.trace.deadline_s).any()
+    assert future.queue == sim.queue and (future.gpu_free_at == sim.gpu_free_at).all()
+    snap = sim.snapshot()
+    before = sim.trace.arrival_s.copy()
+    while not future.done:
+        future.step(heuristic.decide(future.snapshot()))
+    assert sim.snapshot() is snap and (sim.trace.arrival_s == before).all()  # the original is untouched
+    assert future.metrics().finished == 40
+
+
+@pytest.mark.parametrize("horizon_s", [None, 10.0])
+def test_a_teacher_that_draws_futures_still_improves_on_its_heuristic(horizon_s: float | None) -> None:
+    """Knowing only the present (4 drawn futures per decision, not the episode's own), the
+    teacher still finds return its heuristic leaves on this loaded episode, scoring play-outs to
+    the episode's end or on the jobs of the next 10 s (measured: +5.7 and +3.9, against the
+    clairvoyant teacher's +6.5)."""
+    scenario = scenarios.edge(n_nodes=4, load=0.9, n_jobs=40)
+    heuristic, _ = _episode(base.make("edf-cache-queue"), scenario, 1)
+    teacher, sim = _episode(rollout.RolloutTeacher("edf-cache-queue", futures=4, horizon_s=horizon_s), scenario, 1)
+    assert sim.metrics().finished == 40
+    assert teacher > heuristic + 2.0
+
+
+def test_the_score_of_the_first_jobs_counts_their_rewards_and_time_to_known_finish() -> None:
+    objective = rollout.Objective(env_reward_weight=1.0, quality_weight=0.5, time_scale_s=60.0)
+    sim = engine.Simulator(scenarios.edge(n_nodes=4, load=0.9, n_jobs=30))
+    sim.reset(4)
+    heuristic = base.make("edf-cache-queue")
+    while sim.n_arrived < 20 or sim.queue[0] < 20:
+        sim.step(heuristic.decide(sim.snapshot()))
+    finish = sim.known_finish_s()
+    assert np.isfinite(finish[:20]).all() and np.isnan(sim.records.finish_s[:20]).any()  # some still run
+    seconds = float((finish[:20] - sim.trace.arrival_s[:20]).sum())
+    expected = sim.records.reward[:20].sum() + 0.5 * sim.records.quality[:20].sum() - seconds / 60.0
+    assert objective.of_first_jobs(20, sim) == pytest.approx(expected)
+    while not sim.done:
+        sim.step(heuristic.decide(sim.snapshot()))
+    assert (sim.known_finish_s()[:20] == finish[:20]).all()  # known finishes are kept
+    assert objective.of_first_jobs(30, sim) == pytest.approx(objective.rest_of_episode(float(sim.records.reward.sum()), sim))
