@@ -107,7 +107,7 @@ def evaluate(
     nodes: NodesOpt = None,
     arrival: ArrivalOpt = "poisson",
     jobs: JobsOpt = None,
-    gpu_keeps_model: Annotated[bool, typer.Option(help="Edge: GPUs keep models loaded between jobs (a warm pool); --no-gpu-keeps-model: every job loads its model, as one pod per job does.")] = True,
+    gpu_keeps_model: Annotated[bool, typer.Option(help=scenarios.GPU_KEEPS_MODEL_HELP)] = True,
     out: Annotated[Optional[Path], typer.Option(help="Output folder for CSV and PNGs.")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="One of --policies: also print each other policy's paired difference from it (same seeds).")] = None,
 ) -> None:

@@ -696,7 +696,7 @@ def main(
     nodes: Annotated[Optional[int], typer.Option(help="Cluster size (default 4 paper, 8 edge).")] = None,
     mode: Annotated[str, typer.Option(help="paper: choose-k, fixed-k or mixed (either, per episode).")] = "choose-k",
     points: Annotated[Optional[str], typer.Option(help="LO,HI: range of λ (paper) or ρ (edge) drawn per episode (default 0.01,0.11 paper, 0.5,1.0 edge).")] = None,
-    gpu_keeps_model: Annotated[bool, typer.Option(help="Edge: GPUs keep models loaded between jobs (a warm pool); --no-gpu-keeps-model: every job loads its model.")] = True,
+    gpu_keeps_model: Annotated[bool, typer.Option(help=scenarios.GPU_KEEPS_MODEL_HELP)] = True,
     learning_starts: int = 1_000,
     batch_size: int = 64,
     eval_every: int = 2_500,

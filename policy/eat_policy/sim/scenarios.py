@@ -14,6 +14,11 @@ ARRIVALS = ("poisson", "mmpp", "diurnal")
 MAX_NODES = 4096
 
 
+GPU_KEEPS_MODEL_HELP = ("Edge: GPUs keep models loaded between jobs (a warm pool); --no-gpu-keeps-model: every job "
+                        "loads its model, as one pod per job does.")
+"""The CLIs' help for ``Scenario.gpu_keeps_model``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str = "paper"
