@@ -27,16 +27,19 @@ Training traces use seeds ≥ 10⁶ and periodic evaluation seeds 10⁵.., so th
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import copy
 import csv
 import dataclasses
 import itertools
 import json
 import math
+import multiprocessing
 import random
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -139,6 +142,9 @@ class Args:
     """Held-out trace seeds (10⁵ + i) per evaluation point."""
     threads: int = 1
     """torch threads (the machine has 2 shared cores)."""
+    workers: int = 1
+    """Processes that play and label the warm start's episodes (the rollout teacher's play-outs
+    are most of a warm start's time). 1 labels in this process, in the run's random order."""
     out: Path = Path("runs")
     """Parent folder of the run directory ``scenario__variant__seed__time``."""
     resume: Optional[Path] = None
@@ -201,6 +207,20 @@ def make_env(args: Args, rng: np.random.Generator) -> sim_env.SchedulingEnv:
     options = modes(args)
     mode = options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
     return sim_env.SchedulingEnv(make_scenario(args, point, mode), args.step_bins)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeDraw:
+    """A training episode's scenario and trace seed, drawn from the run's generator."""
+
+    scenario: scenarios.Scenario
+    seed: int
+
+    @classmethod
+    def draw(cls, args: Args, rng: np.random.Generator) -> "EpisodeDraw":
+        """As ``make_env`` then the trace seed draw, in that order."""
+        scenario = make_env(args, rng).scenario
+        return cls(scenario, 1_000_000 + int(rng.integers(2**30)))
 
 
 def time_in_system(env: sim_env.SchedulingEnv, t0: float, t1: float) -> float:
@@ -595,13 +615,18 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     hint = eat_agent.hinter_of(actor)
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
     rounds = 1 + args.bc_dagger
-    with progress.bar() as bar:
+    with progress.bar() as bar, _labelling_pool(args.workers) as pool:
         task = bar.add_task(f"warm start from {args.bc_policy}", total=rounds * (args.bc_episodes + args.bc_updates), info="")
         for round_ in range(rounds):
-            for e in range(args.bc_episodes):
-                bar.update(task, info=f"round {round_ + 1}/{rounds}: episode {e + 1}/{args.bc_episodes}, {len(labels)} labels")
-                _label_episode(args, rng, teacher, actor if round_ > 0 else None, hint, rb, labels)
+            draws = [EpisodeDraw.draw(args, rng) for _ in range(args.bc_episodes)]
+            clone = actor if round_ > 0 else None
+            bar.update(task, info=f"round {round_ + 1}/{rounds}: labelling {args.bc_episodes} episodes")
+            for e, episode in enumerate(_label_episodes(args, draws, teacher, clone, hint, pool)):
+                for t in episode:
+                    rb.add(t.obs, t.taken, t.reward, t.next_obs, t.discount, t.done)
+                    labels.add(t.obs, t.label, t.reward, t.next_obs, t.discount, t.done)
                 bar.advance(task)
+                bar.update(task, info=f"round {round_ + 1}/{rounds}: episode {e + 1}/{args.bc_episodes} labelled, {len(labels)} labels")
             bar.update(task, info=f"round {round_ + 1}/{rounds}: cloning {len(labels)} labels")
             for i in range(args.bc_updates):
                 obs, actions, _, _, _ = labels.sample(args.batch_size, rng)
@@ -616,15 +641,61 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     return labels
 
 
-def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, clone: nets.Actor | None,
-                   hint: nets.Hinter | None, rb: ReplayBuffer, labels: ReplayBuffer) -> None:
+class Labelled(NamedTuple):
+    """One decision of a labelled episode."""
+
+    obs: dict
+    taken: int
+    """The option taken (the teacher's, or the clone's in a DAgger round)."""
+    label: int
+    """The teacher's option."""
+    reward: float
+    next_obs: dict
+    discount: float
+    done: bool
+
+
+@contextlib.contextmanager
+def _labelling_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor | None]:
+    if workers <= 1:
+        yield None
+        return
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _label_episodes(args: Args, draws: list[EpisodeDraw], teacher: base.Policy, clone: nets.Actor | None,
+                    hint: nets.Hinter | None, pool: concurrent.futures.ProcessPoolExecutor | None) -> Iterator[list[Labelled]]:
+    """Each drawn episode, labelled, in order: here, or on ``pool``'s processes (each seeds torch
+    with its episode's seed and makes its own teacher, hint and copy of the clone)."""
+    if pool is None:
+        for draw in draws:
+            yield _label_episode(args, draw, teacher, clone, hint)
+        return
+    blob = None if clone is None else {"config": nets.config_of(clone), "actor": clone.state_dict()}
+    yield from pool.map(_label_episode_in_worker, itertools.repeat(args), draws, itertools.repeat(blob))
+
+
+def _label_episode_in_worker(args: Args, draw: EpisodeDraw, clone_blob: dict | None) -> list[Labelled]:
+    torch.set_num_threads(1)
+    torch.manual_seed(draw.seed)
+    clone = None
+    if clone_blob is not None:
+        clone = nets.actor_from_config(clone_blob["config"])
+        clone.load_state_dict(clone_blob["actor"])
+    teacher = make_teacher(str(args.bc_policy), objective(args), args.teacher_futures, args.teacher_horizon_s)
+    hint = base.make(args.hint).decide if args.hint else None
+    return _label_episode(args, draw, teacher, clone, hint)
+
+
+def _label_episode(args: Args, draw: EpisodeDraw, teacher: base.Policy, clone: nets.Actor | None,
+                   hint: nets.Hinter | None) -> list[Labelled]:
     """One training episode: the teacher labels every state; the clone acts if given, else the
-    teacher. ``rb`` gets the transitions taken, ``labels`` the teacher's choice for each state."""
-    env = make_env(args, rng)
-    seed = 1_000_000 + int(rng.integers(2**30))
-    env.reset(seed=seed)
-    base.begin_episode(teacher, env.sim, seed)
-    done = env.sim.done
+    teacher."""
+    env = sim_env.SchedulingEnv(draw.scenario, args.step_bins)
+    env.reset(seed=draw.seed)
+    base.begin_episode(teacher, env.sim, draw.seed)
+    done, out = env.sim.done, []
     while not done:
         snap = env.sim.snapshot()
         obs = nets.observe(snap, env.scenario.window, hint)
@@ -634,8 +705,8 @@ def _label_episode(args: Args, rng: np.random.Generator, teacher: base.Policy, c
             _, _, index, pointer = eat_agent.act(clone, snap, hint=hint)
         reward, done, info = step(env, args, index, pointer)
         next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
-        rb.add(obs, index, reward, next_obs, info["discount"], done)
-        labels.add(obs, label, reward, next_obs, info["discount"], done)
+        out.append(Labelled(obs, index, label, reward, next_obs, info["discount"], done))
+    return out
 
 
 DEMOS_FILE = "demos.npz"
@@ -719,6 +790,7 @@ def main(
     quality_weight: Annotated[Optional[float], typer.Option(help="Reward per unit quality Q (paper default 8: 80 job-seconds).")] = None,
     step_bins: Annotated[int, typer.Option(help="Steps bins over each job's range (the checkpoint records it).")] = nets.STEP_BINS,
     threads: int = 1,
+    workers: Annotated[int, typer.Option(help="Processes that play and label the warm start's episodes (1: in this process).")] = 1,
     out: Path = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(help="Run directory to resume.")] = None,
     export: Annotated[Optional[Path], typer.Option(help="Copy the best policy checkpoint here.")] = None,
@@ -732,6 +804,8 @@ def main(
         raise typer.BadParameter(f"step-bins must be at least 2, got {step_bins}")
     if kl_weight < 0:
         raise typer.BadParameter(f"kl-weight must be at least 0, got {kl_weight}")
+    if workers < 1:
+        raise typer.BadParameter(f"workers must be at least 1, got {workers}")
     if not 0 < target_entropy_frac <= 1:
         raise typer.BadParameter(f"target-entropy-frac must be in (0, 1], got {target_entropy_frac}")
     if mode not in ("choose-k", "fixed-k", "mixed"):
@@ -760,7 +834,7 @@ def main(
                 max_minutes=max_minutes, nodes=nodes, mode=mode, gpu_keeps_model=gpu_keeps_model, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 teacher_futures=teacher_futures, teacher_horizon_s=teacher_horizon,
-                bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, out=out, resume=resume,
+                bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, workers=workers, out=out, resume=resume,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
                 target_entropy_frac=target_entropy_frac, actor_starts=actor_starts, kl_weight=kl_weight)
     run_dir = train(args)

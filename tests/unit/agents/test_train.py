@@ -23,7 +23,7 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
            "--out", str(tmp_path), "--export", str(tmp_path / "exported.pt")]
     ran = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=280, env=os.environ | {"COLUMNS": "200"})
     # its progress shows as it goes, not only at the end (stdout is not a terminal here, as in a Job)
-    assert "warm start from cache-lct" in ran.stdout and "round 1/1: episode 1/2" in ran.stdout
+    assert "warm start from cache-lct" in ran.stdout and "round 1/1: episode 1/2 labelled" in ran.stdout
     assert "round 1/1: cloning" in ran.stdout
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.npz"):
@@ -339,17 +339,45 @@ def test_decisions_are_discounted_by_the_time_between_them_and_episode_ends_boot
     assert train.discount(args, 10 * args.discount_time_s) == pytest.approx(args.gamma**10)
     assert train.discount(dataclasses.replace(args, discount_time_s=0.0), 123.0) == args.gamma  # per decision
 
-    rng = np.random.default_rng(0)
-    env = train.make_env(args, rng)
-    env.reset(seed=1)
-    example = nets.observe(env.sim.snapshot(), env.scenario.window)
-    rb, labels = train.ReplayBuffer(500, example), train.ReplayBuffer(500, example)
-    train._label_episode(args, rng, base.make("cache-lct"), None, None, rb, labels)
-    n = len(rb)
-    assert rb.done[n - 1] and not rb.done[: n - 1].any()
-    assert (rb.discount[:n] > 0).all() and (rb.discount[:n] <= 1).all()
-    assert (rb.discount[:n] == 1).any() and (rb.discount[:n] < args.gamma).any()  # same instant; long gaps
+    draw = train.EpisodeDraw.draw(args, np.random.default_rng(0))
+    episode = train._label_episode(args, draw, base.make("cache-lct"), None, None)
+    done = np.array([t.done for t in episode])
+    discounts = np.array([t.discount for t in episode])
+    assert done[-1] and not done[:-1].any()
+    assert (discounts > 0).all() and (discounts <= 1).all()
+    assert (discounts == 1).any() and (discounts < args.gamma).any()  # same instant; long gaps
     # ... from the state the episode reached, not the last one (r + γ·V(s) would loop on itself)
-    assert not all(np.array_equal(rb.next[k][n - 1], rb.obs[k][n - 1]) for k in rb.obs)
-    assert rb.next["job_mask"][n - 1].sum() == 0  # every job served: nothing left to dispatch
+    last_obs, last_next = episode[-1].obs, episode[-1].next_obs
+    assert not all(np.array_equal(last_next[k], last_obs[k]) for k in last_obs)
+    assert last_next["job_mask"].sum() == 0  # every job served: nothing left to dispatch
 
+
+
+def test_worker_processes_label_as_this_process_does_and_repeat_with_the_seed() -> None:
+    """``--workers``: the teacher's episodes come out the same from the pool as from this process;
+    a clone's (DAgger) episodes repeat exactly, each worker seeding torch with its episode."""
+    import numpy as np
+
+    from eat_policy import nets, train
+    from eat_policy.agents import base
+
+    args = train.Args(scenario="paper", points=(0.11, 0.11), hint="cache-lct-queue", bc_policy="rollout:cache-lct-queue",
+                      teacher_futures=2, teacher_horizon_s=60.0, workers=2)
+    rng = np.random.default_rng(3)
+    draws = [train.EpisodeDraw.draw(args, rng) for _ in range(2)]
+    teacher = train.make_teacher("rollout:cache-lct-queue", train.objective(args), 2, 60.0)
+    hint = base.make("cache-lct-queue").decide
+    here = list(train._label_episodes(args, draws, teacher, None, hint, None))
+    clone = nets.Actor("eat", d=32, dp=16, hint="cache-lct-queue")
+    with train._labelling_pool(2) as pool:
+        assert pool is not None
+        pooled = list(train._label_episodes(args, draws, teacher, None, hint, pool))
+        dagger = [list(train._label_episodes(args, draws, teacher, clone, hint, pool)) for _ in range(2)]
+
+    def actions(episodes: list[list[train.Labelled]]) -> list[list[tuple[int, int, float]]]:
+        return [[(t.taken, t.label, t.reward) for t in episode] for episode in episodes]
+
+    assert actions(pooled) == actions(here) and all(len(e) > 10 for e in here)
+    assert all(t.taken == t.label for episode in here for t in episode)
+    assert actions(dagger[0]) == actions(dagger[1])
+    assert any(t.taken != t.label for episode in dagger[0] for t in episode), "the clone acts"
