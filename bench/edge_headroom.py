@@ -7,7 +7,8 @@ On the same traces (seeds 0..N-1), ρ 0.8, mean response and deadline attainment
   copies of the episode, which knows future arrivals), scored by the edge training reward: what
   policy improvement finds, an optimistic yardstick for a learned policy that sees only the state;
 - the same teacher knowing only the present: options played out on 4 futures drawn from it and
-  scored on the jobs of the next 10 s, a yardstick a policy that sees the state can reach;
+  scored on the jobs of the next 10 s, a yardstick a policy that sees the state can reach; and
+  that one trying half the proposed steps too;
 - the shipped ``eat`` policy (``eat-edge``).
 Differences are paired by seed against the reference (mean ± 95% CI); quality is the mean
 Q(steps). Without ``--warm-pool`` the cluster is the operator's pods (every job loads its model),
@@ -34,6 +35,8 @@ def policies() -> dict[str, base.Policy]:
     out = {name: base.make(name) for name in (REFERENCE, *HEURISTICS)}
     out[f"rollout teacher over {REFERENCE}"] = rollout.RolloutTeacher(REFERENCE, TRAINING_OBJECTIVE)
     out["  the same, 4 drawn futures, 10 s"] = rollout.RolloutTeacher(REFERENCE, TRAINING_OBJECTIVE, futures=4, horizon_s=10.0)
+    out["  and steps x0.5 too"] = rollout.RolloutTeacher(REFERENCE, TRAINING_OBJECTIVE, futures=4, horizon_s=10.0,
+                                                         steps_factors=(0.5, *rollout.STEPS_FACTORS))
     out["eat (eat-edge)"] = base.make("eat")
     return out
 

@@ -123,6 +123,8 @@ class Args:
     teacher_horizon_s: Optional[float] = None
     """``rollout:`` teacher: score play-outs on the jobs arriving within this many seconds
     (None: to the episode's end)."""
+    teacher_steps_factors: tuple[float, ...] = rollout.STEPS_FACTORS
+    """``rollout:`` teacher: the proposed steps × each of these are alternatives too."""
     bc_episodes: int = 0
     """Heuristic episodes for the warm start."""
     bc_dagger: int = 0
@@ -611,7 +613,8 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     clone act and the teacher label the states the clone reaches (DAgger), then clones all labels
     so far again. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
     assert args.bc_policy is not None
-    teacher = make_teacher(args.bc_policy, objective(args), args.teacher_futures, args.teacher_horizon_s)
+    teacher = make_teacher(args.bc_policy, objective(args), args.teacher_futures, args.teacher_horizon_s,
+                           args.teacher_steps_factors)
     hint = eat_agent.hinter_of(actor)
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
     rounds = 1 + args.bc_dagger
@@ -683,7 +686,8 @@ def _label_episode_in_worker(args: Args, draw: EpisodeDraw, clone_blob: dict | N
     if clone_blob is not None:
         clone = nets.actor_from_config(clone_blob["config"])
         clone.load_state_dict(clone_blob["actor"])
-    teacher = make_teacher(str(args.bc_policy), objective(args), args.teacher_futures, args.teacher_horizon_s)
+    teacher = make_teacher(str(args.bc_policy), objective(args), args.teacher_futures, args.teacher_horizon_s,
+                           args.teacher_steps_factors)
     hint = base.make(args.hint).decide if args.hint else None
     return _label_episode(args, draw, teacher, clone, hint)
 
@@ -721,12 +725,13 @@ def load_demos(run_dir: Path) -> ReplayBuffer:
     return ReplayBuffer.load_states(path)
 
 
-def make_teacher(name: str, objective: rollout.Objective, futures: int = 0, horizon_s: float | None = None) -> base.Policy:
+def make_teacher(name: str, objective: rollout.Objective, futures: int = 0, horizon_s: float | None = None,
+                 steps_factors: tuple[float, ...] = rollout.STEPS_FACTORS) -> base.Policy:
     """A registered policy, or ``rollout:<heuristic>`` (``agents.rollout``, training only),
     which scores its play-outs by ``objective`` over ``futures`` drawn futures (0: the episode's
-    own) up to ``horizon_s``."""
+    own) up to ``horizon_s``, trying the proposed steps × each of ``steps_factors`` too."""
     if name.startswith(rollout.PREFIX):
-        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX), objective, futures, horizon_s)
+        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX), objective, futures, horizon_s, steps_factors)
     return base.make(name)
 
 
@@ -777,6 +782,7 @@ def main(
     bc_policy: Annotated[Optional[str], typer.Option(help="Heuristic to warm-start from (e.g. edf-cache), or rollout:<heuristic>, its one-step rollout improvement.")] = None,
     teacher_futures: Annotated[int, typer.Option(help="rollout: teacher: futures drawn from the present per decision (0: the episode's own, clairvoyant).")] = 0,
     teacher_horizon: Annotated[Optional[float], typer.Option(help="rollout: teacher: score play-outs on the jobs arriving within this many seconds (default: to the episode's end).")] = None,
+    teacher_steps_factors: Annotated[Optional[str], typer.Option(help="rollout: teacher: comma-separated factors on the proposed steps to try too (default 0.75,1.25).")] = None,
     bc_episodes: int = 0,
     bc_updates: int = 0,
     bc_dagger: Annotated[int, typer.Option(help="DAgger rounds after the first clone (the clone acts, the teacher labels).")] = 0,
@@ -823,8 +829,9 @@ def main(
     if resume is not None and bc_weight > 0 and not (resume / DEMOS_FILE).exists():
         raise typer.BadParameter(f"bc-weight: {resume / DEMOS_FILE} is missing (the run had no warm start), "
                                  "so there is no clone loss to keep")
-    if (teacher_futures or teacher_horizon is not None) and not (bc_policy or "").startswith(rollout.PREFIX):
-        raise typer.BadParameter("teacher-futures and teacher-horizon shape a rollout: teacher; give --bc-policy rollout:<heuristic>")
+    if (teacher_futures or teacher_horizon is not None or teacher_steps_factors is not None) and not (bc_policy or "").startswith(rollout.PREFIX):
+        raise typer.BadParameter("teacher-futures, -horizon and -steps-factors shape a rollout: teacher; give --bc-policy rollout:<heuristic>")
+    factors = rollout.STEPS_FACTORS if teacher_steps_factors is None else _positive_floats("teacher-steps-factors", teacher_steps_factors)
     if teacher_futures < 0 or (teacher_horizon is not None and teacher_horizon <= 0):
         raise typer.BadParameter(f"teacher-futures must be >= 0 and teacher-horizon > 0, got {teacher_futures} and {teacher_horizon}")
     for option, policy in (("hint", hint), ("bc-policy", bc_policy and bc_policy.removeprefix(rollout.PREFIX))):
@@ -833,12 +840,22 @@ def main(
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
                 max_minutes=max_minutes, nodes=nodes, mode=mode, gpu_keeps_model=gpu_keeps_model, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
-                teacher_futures=teacher_futures, teacher_horizon_s=teacher_horizon,
+                teacher_futures=teacher_futures, teacher_horizon_s=teacher_horizon, teacher_steps_factors=factors,
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, workers=workers, out=out, resume=resume,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
                 target_entropy_frac=target_entropy_frac, actor_starts=actor_starts, kl_weight=kl_weight)
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")
+
+
+def _positive_floats(option: str, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(v > 0 for v in values):
+        raise typer.BadParameter(f"{option} must be comma-separated numbers > 0, got {text!r}")
+    return values
 
 
 def _node_counts(text: str | None, scenario: str) -> tuple[int, ...]:

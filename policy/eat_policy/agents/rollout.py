@@ -2,8 +2,8 @@
 
 At each decision it takes the heuristic's proposal and a few alternatives (wait, unless every GPU
 is idle; the proposed job on the fastest idle GPU that holds its model, has it on disk, or has
-neither; the proposed steps ×0.75 and ×1.25), plays each out on a copy of the simulator with the
-heuristic deciding everything after it, and keeps the one with the highest return under the
+neither; the proposed steps ×0.75 and ×1.25, or other ``steps_factors``), plays each out on a
+copy of the simulator with the heuristic deciding everything after it, and keeps the one with the highest return under the
 training objective (``Objective``: the env's reward, quality and the job-seconds spent in the
 system, weighted as ``eat-policy train`` weights them). That is policy iteration's improvement
 step. By default the copy is the same episode, so the step is exact but clairvoyant (the copy
@@ -65,12 +65,13 @@ class RolloutTeacher:
     option, and keeps the option with the best mean return: a teacher that knows only the state."""
 
     def __init__(self, heuristic: str, objective: Objective = Objective(), futures: int = 0,
-                 horizon_s: float | None = None) -> None:
+                 horizon_s: float | None = None, steps_factors: tuple[float, ...] = STEPS_FACTORS) -> None:
         self.name = PREFIX + heuristic
         self.base = base.make(heuristic)
         self.objective = objective
         self.futures = futures
         self.horizon_s = horizon_s
+        self.steps_factors = steps_factors
         self.sim: engine.Simulator | None = None
         self._rng = np.random.default_rng(0)
 
@@ -88,7 +89,7 @@ class RolloutTeacher:
         proposal = self.base.decide(snap)
         if proposal is None:
             return None
-        options = alternatives(snap, proposal)
+        options = alternatives(snap, proposal, self.steps_factors)
         if self.futures == 0:
             worlds = [self.sim]
         else:
@@ -109,9 +110,9 @@ class RolloutTeacher:
         return self.objective.of_first_jobs(n, sim)
 
 
-def alternatives(snap: Snapshot, proposal: Decision) -> list[Decision | None]:
+def alternatives(snap: Snapshot, proposal: Decision, steps_factors: tuple[float, ...] = STEPS_FACTORS) -> list[Decision | None]:
     """The proposal first (ties keep it), then wait (where a policy may: ``features.may_wait``),
-    other single GPUs and other steps."""
+    other single GPUs and the proposed steps × each of ``steps_factors``."""
     out: list[Decision | None] = [proposal] + ([None] if features.may_wait(snap, can_dispatch=True) else [])
     j, m = proposal.job, int(snap.job_model[proposal.job])
     if proposal.k == 1:
@@ -125,7 +126,7 @@ def alternatives(snap: Snapshot, proposal: Decision) -> list[Decision | None]:
             if len(gpus):
                 out.append(Decision(j, (int(gpus[np.argmax(snap.gpu_speed[gpus])]),), proposal.steps))
     lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
-    for factor in STEPS_FACTORS:
+    for factor in steps_factors:
         steps = int(np.clip(round(proposal.steps * factor), lo, hi))
         if steps != proposal.steps:
             out.append(Decision(j, proposal.gpus, steps))

@@ -7,6 +7,7 @@ import pytest
 
 from eat_policy.agents import base, rollout
 from eat_policy.sim import engine, scenarios
+from eat_policy.snapshot import Decision
 
 
 def _episode(policy, scenario: scenarios.Scenario, seed: int) -> tuple[float, engine.Simulator]:
@@ -46,6 +47,10 @@ def test_alternatives_start_with_the_proposal_and_are_all_feasible() -> None:
     assert len(set(options)) == len(options)
     for option in options:
         copy.deepcopy(sim).step(option)  # raises engine.InvalidDecision on anything infeasible
+    lo = int(snap.job_steps_min[proposal.job])
+    halved = rollout.alternatives(snap, proposal, steps_factors=(0.5,))
+    assert halved[:-1] == [o for o in options if o is None or o.steps == proposal.steps]
+    assert halved[-1] == Decision(proposal.job, proposal.gpus, max(lo, round(proposal.steps * 0.5)))
 
 
 def test_the_teacher_refuses_snapshots_of_other_episodes() -> None:

@@ -125,8 +125,9 @@ def test_cli_refuses_an_unknown_mode() -> None:
     ("--target-entropy-frac", "0", "target-entropy-frac must be in (0, 1]"),
     ("--target-entropy-frac", "1.5", "target-entropy-frac must be in (0, 1]"),
     ("--kl-weight", "-1", "kl-weight must be at least 0"),
-    ("--teacher-futures", "4", "teacher-futures and teacher-horizon shape a rollout: teacher"),
-    ("--teacher-horizon", "10", "teacher-futures and teacher-horizon shape a rollout: teacher"),
+    ("--teacher-futures", "4", "teacher-futures, -horizon and -steps-factors shape a rollout: teacher"),
+    ("--teacher-horizon", "10", "teacher-futures, -horizon and -steps-factors shape a rollout: teacher"),
+    ("--teacher-steps-factors", "0.5", "teacher-futures, -horizon and -steps-factors shape a rollout: teacher"),
 ])
 def test_cli_refuses_out_of_range_sac_settings(option: str, value: str, error: str) -> None:
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", option, value],
@@ -253,13 +254,15 @@ def test_rollout_teachers_are_made_for_training_and_checked_by_the_cli() -> None
     assert isinstance(teacher, rollout.RolloutTeacher) and teacher.base.name == "edf-cache-queue"
     assert teacher.objective == rollout.Objective(env_reward_weight=1.0, quality_weight=0.0, time_scale_s=600.0)
     assert teacher.futures == 0 and teacher.horizon_s is None
-    drawing = train.make_teacher("rollout:edf-cache-queue", edge, futures=4, horizon_s=10.0)
-    assert (drawing.futures, drawing.horizon_s) == (4, 10.0)
+    drawing = train.make_teacher("rollout:edf-cache-queue", edge, futures=4, horizon_s=10.0, steps_factors=(0.5, 0.75))
+    assert (drawing.futures, drawing.horizon_s, drawing.steps_factors) == (4, 10.0, (0.5, 0.75))
     assert train.make_teacher("cache-lct", edge).name == "cache-lct"
-    for option, value in (("--teacher-futures", "-1"), ("--teacher-horizon", "0")):
+    for option, value, error in (("--teacher-futures", "-1", "teacher-futures must be >= 0 and teacher-horizon > 0"),
+                                 ("--teacher-horizon", "0", "teacher-futures must be >= 0 and teacher-horizon > 0"),
+                                 ("--teacher-steps-factors", "0.5,x", "teacher-steps-factors must be comma-separated numbers > 0")):
         r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--bc-policy", "rollout:edf-cache-queue", option, value],
                            capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
-        assert r.returncode != 0 and "teacher-futures must be >= 0 and teacher-horizon > 0" in r.stderr, r.stderr
+        assert r.returncode != 0 and error in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--bc-policy", "rollout:edf-kache"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "unknown policy 'edf-kache'" in r.stderr, r.stderr
