@@ -4,7 +4,9 @@ For each decision of a checkpoint's greedy episodes (edge, ρ 0.8, pods physics 
 hint's proposal on the same state against the policy's decision: same job? same k? same GPUs,
 and if not, a faster or slower one? fewer or more steps (±5%)? Prints the shares over the
 decisions where both dispatch, how often the policy waits where the hint dispatches, and the
-policy's deadline attainment.
+policy's deadline attainment. ``--keep-hint-gpus`` instead plays the policy with its hint's GPUs
+whenever it dispatches the hint's job with the hint's k (a probe of what its GPU choices cost),
+and prints it against the hint, paired by seed.
 
     python bench/hint_agreement.py policy/eat_policy/checkpoints/eat-edge.pt --nodes 32
 """
@@ -15,6 +17,7 @@ import argparse
 import collections
 from pathlib import Path
 
+from eat_policy import evaluate
 from eat_policy.agents import base
 from eat_policy.agents import eat as eat_agent
 from eat_policy.sim import engine, scenarios
@@ -35,18 +38,50 @@ def compare(snap: Snapshot, hint: Decision, d: Decision) -> list[str]:
     return out
 
 
+class HintsGpus:
+    """The policy, on its hint's GPUs whenever it dispatches the hint's job with the hint's k."""
+
+    name = "policy on its hint's GPUs"
+
+    def __init__(self, policy: eat_agent.LearnedPolicy, hint: base.Policy) -> None:
+        self.policy, self.hint = policy, hint
+
+    def reset(self, seed: int) -> None:
+        self.policy.reset(seed)
+        self.hint.reset(seed)
+
+    def decide(self, snap: Snapshot) -> Decision | None:
+        d, proposal = self.policy.decide(snap), self.hint.decide(snap)
+        if d is not None and proposal is not None and (d.job, d.k) == (proposal.job, proposal.k):
+            return Decision(d.job, proposal.gpus, d.steps)
+        return d
+
+
+def against_hint(sim: engine.Simulator, probe: HintsGpus, hint_name: str, seeds: range) -> None:
+    hint = base.make(hint_name)
+    pairs = [(evaluate.run_episode(sim, probe, s)[0], evaluate.run_episode(sim, hint, s)[0]) for s in seeds]
+    print(f"{probe.name} − {hint_name}, paired over seeds {seeds.start}..{seeds.stop - 1} (mean ± 95% CI):")
+    for metric, scale in (("resp_mean_s", 1.0), ("deadline_attainment", 100.0), ("quality_mean", 1.0)):
+        mean, ci = evaluate.mean_ci(scale * (a[metric] - b[metric]) for a, b in pairs)
+        print(f"  Δ {metric:<20} {mean:+8.3f} ± {ci:.3f}" + (" points" if scale == 100.0 else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=2, help="held-out seeds 100000 onwards")
     parser.add_argument("--warm-pool", action="store_true", help="GPUs keep models between jobs")
+    parser.add_argument("--keep-hint-gpus", action="store_true", help="play it on its hint's GPUs, against the hint")
     args = parser.parse_args()
     actor = eat_agent.load_actor(args.checkpoint)
     if actor.hint is None:
         parser.error(f"{args.checkpoint} was trained without a hint")
     policy, hint = eat_agent.LearnedPolicy(actor=actor, name="checkpoint"), base.make(actor.hint)
     sim = engine.Simulator(scenarios.edge(n_nodes=args.nodes, load=0.8, gpu_keeps_model=args.warm_pool))
+    if args.keep_hint_gpus:
+        against_hint(sim, HintsGpus(policy, hint), actor.hint, range(100_000, 100_000 + args.seeds))
+        return
     counts: collections.Counter[str] = collections.Counter()
     both, waits, met = 0, 0, []
     for seed in range(100_000, 100_000 + args.seeds):
