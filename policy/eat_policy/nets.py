@@ -19,7 +19,9 @@ masked out before the softmax, so they get probability exactly 0.
 
 A hinted network (``hint="edf-cache-queue"``) also takes that heuristic's proposal for the
 state (``hint_features``) into its job, global and pair tokens: a residual policy, which can
-start from the heuristic and learn where to differ.
+start from the heuristic and learn where to differ. A ``residual`` actor goes further: its only
+options are the proposal's job, k and gang nodes at each steps bin, or wait (``only_the_proposal``),
+so it keeps the heuristic's placement and learns how many steps to spend and when to hold back.
 """
 
 from __future__ import annotations
@@ -102,10 +104,17 @@ def hint_features(snap: Snapshot, proposal: Decision | None) -> dict[str, np.nda
     return {"hint_jobs": jobs, "hint_pairs": pairs, "hint_wait": np.zeros(1, np.float32)}
 
 
-def observe(snap: Snapshot, window: int | None = None, hint: Hinter | None = None) -> dict[str, np.ndarray]:
+def observe(snap: Snapshot, window: int | None = None, hint: Hinter | None = None,
+            residual: bool = False) -> dict[str, np.ndarray]:
     """Featurise a snapshot into the arrays the networks take (job rows padded to ``window``);
-    with ``hint``, also that heuristic's proposal for the snapshot (``hint_features``)."""
+    with ``hint``, also that heuristic's proposal for the snapshot (``hint_features``), and with
+    ``residual`` only the proposal stays feasible (``only_the_proposal``)."""
     obs = features.featurize(snap)
+    proposal = hint(snap) if hint is not None else None
+    if residual:
+        if hint is None:
+            raise ValueError("a residual observation needs a hint")
+        obs = only_the_proposal(snap, obs, proposal)
     j = obs.jobs.shape[0]
     w = j if window is None else window
 
@@ -125,9 +134,26 @@ def observe(snap: Snapshot, window: int | None = None, hint: Hinter | None = Non
         "may_wait": np.array([obs.may_wait]),
     }
     if hint is not None:
-        h = hint_features(snap, hint(snap))
+        h = hint_features(snap, proposal)
         out.update(hint_jobs=rows(h["hint_jobs"]), hint_pairs=rows(h["hint_pairs"]), hint_wait=h["hint_wait"])
     return out
+
+
+def only_the_proposal(snap: Snapshot, obs: features.Observation, proposal: Decision | None) -> features.Observation:
+    """A residual actor's options: the proposal's job and k, anchored on the nodes of its gang
+    (at every steps bin), or wait; only wait where the heuristic waits. The policy so keeps the
+    heuristic's placement and chooses how many steps to spend and when to hold back. Where the
+    proposal is not among the feasible options (it always is for the cache-aware heuristics),
+    every feasible option stays open."""
+    job_mask, k_mask, free = np.zeros_like(obs.job_mask), np.zeros_like(obs.k_mask), np.zeros_like(obs.free)
+    if proposal is None:
+        return dataclasses.replace(obs, job_mask=job_mask, k_mask=k_mask, free=free, may_wait=True)
+    j, ki = proposal.job, features.K_VALUES.index(proposal.k)
+    nodes = gpus_per_node(snap, proposal.gpus) > 0
+    if not (obs.job_mask[j] and obs.k_mask[j, ki] and (obs.free[j] > 0)[nodes].all()):
+        return obs
+    job_mask[j], k_mask[j, ki], free[j, nodes] = True, True, obs.free[j, nodes]
+    return dataclasses.replace(obs, job_mask=job_mask, k_mask=k_mask, free=free)
 
 
 def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -297,14 +323,18 @@ class Actor(nn.Module):
     """
 
     def __init__(self, variant: str = "eat", d: int = 64, dp: int = 32, diffusion_steps: int = 5,
-                 step_bins: int = STEP_BINS, hint: str | None = None, train_nodes: int | None = None) -> None:
+                 step_bins: int = STEP_BINS, hint: str | None = None, train_nodes: int | None = None,
+                 residual: bool = False) -> None:
         super().__init__()
+        if residual and hint is None:
+            raise ValueError("a residual actor needs a hint: it chooses among that heuristic's proposal's options")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if step_bins < 2:
             raise ValueError(f"step_bins must be at least 2, got {step_bins}")
         self.variant, self.step_bins = variant, step_bins
         self.hint = hint  # the heuristic whose proposals the actor is shown (observe(hint=...)), or None
+        self.residual = residual  # options only around the hint's proposal (observe(residual=True))
         S = step_bins
         self.encoder = Encoder(d, dp, attention=variant != "d-sac", hint=hint is not None, train_nodes=train_nodes)
         self.T = 0 if variant == "sac" else diffusion_steps
@@ -446,13 +476,14 @@ class Critic(nn.Module):
 
 def actor_from_config(cfg: dict[str, Any]) -> Actor:
     """An untrained Actor of a checkpoint's config; those written before ``step_bins`` used 8
-    bins, before ``hint`` had none, and before ``train_nodes`` no node-share correction."""
+    bins, before ``hint`` had none, before ``train_nodes`` no node-share correction, and before
+    ``residual`` were not residual."""
     return Actor(cfg["variant"], cfg["d"], cfg["dp"], cfg["diffusion_steps"], int(cfg.get("step_bins", 8)),
-                 cfg.get("hint"), cfg.get("train_nodes"))
+                 cfg.get("hint"), cfg.get("train_nodes"), bool(cfg.get("residual", False)))
 
 
 def config_of(actor: Actor) -> dict[str, Any]:
     enc = actor.encoder
     return {"variant": actor.variant, "d": enc.node_in[0].out_features, "dp": enc.pj.out_features,
             "diffusion_steps": actor.T or 5, "step_bins": actor.step_bins, "hint": actor.hint,
-            "train_nodes": enc.train_nodes}
+            "train_nodes": enc.train_nodes, "residual": actor.residual}

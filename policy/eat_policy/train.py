@@ -114,6 +114,9 @@ class Args:
     hint: Optional[str] = None
     """Show the actor and critics this heuristic's proposal at every decision (``nets.hint_features``),
     so the policy can follow it where it is good and learn where to do better (a residual policy)."""
+    residual: bool = False
+    """Keep the hint's placement: the actor's options are the hint's job, k and gang nodes at each
+    steps bin, or wait (``nets.only_the_proposal``); the ``rollout:`` teacher then moves no GPUs."""
     bc_policy: Optional[str] = None
     """Warm start: fill the buffer with this policy's episodes and clone it first (reported);
     ``rollout:<heuristic>`` labels them by one-step rollouts over the heuristic (``agents.rollout``)."""
@@ -233,9 +236,11 @@ def time_in_system(env: sim_env.SchedulingEnv, t0: float, t1: float) -> float:
     return float(np.maximum(end - np.maximum(arrival, t0), 0.0).sum())
 
 
-def step(env: sim_env.SchedulingEnv, args: Args, index: int, v: np.ndarray | None) -> tuple[float, bool, dict]:
-    """Apply a flat option index; returns (training reward, done, info); ``info["discount"]``
-    is the factor on the next state's value (``discount``)."""
+def step(env: sim_env.SchedulingEnv, args: Args, index: int, v: np.ndarray | None,
+         free: np.ndarray | None = None) -> tuple[float, bool, dict]:
+    """Apply a flat option index chosen on an observation whose (J, N) usable idle GPUs are
+    ``free`` (default: the env's own); returns (training reward, done, info);
+    ``info["discount"]`` is the factor on the next state's value (``discount``)."""
     snap = env.sim.snapshot()
     option = nets.decode(index, snap.n_jobs, snap.n_nodes, args.step_bins)
     t0 = snap.now
@@ -243,7 +248,7 @@ def step(env: sim_env.SchedulingEnv, args: Args, index: int, v: np.ndarray | Non
         action = {"job": env.scenario.window, "k": 0, "node_scores": np.zeros(snap.n_nodes), "steps": 0}
         quality = 0.0
     else:
-        free = env._last_obs.free[option[0]]
+        free = (env._last_obs.free if free is None else free)[option[0]]
         pointer = np.zeros(snap.n_nodes) if v is None else v
         d = eat_agent.to_decision(snap, option, pointer, free, args.step_bins)
         action = {"job": d.job, "k": nets.features.K_VALUES.index(d.k), "node_scores": _scores_for(d, snap), "steps": option[3]}
@@ -338,8 +343,8 @@ def greedy_eval(actor: nets.Actor, args: Args) -> dict[str, float]:
             policy.reset(100_000 + s)
             ret, done, info = 0.0, env.sim.done, {}
             while not done:
-                _, _, index, pointer = eat_agent.act(actor, env.sim.snapshot(), policy.generator, hint=hint)
-                r, done, info = step(env, args, index, pointer)
+                _, obs, index, pointer = eat_agent.act(actor, env.sim.snapshot(), policy.generator, hint=hint)
+                r, done, info = step(env, args, index, pointer, obs["free"])
                 ret += r
             m = env.sim.metrics().as_dict()
             for key in ("resp_mean_s", "quality_mean", "deadline_attainment"):
@@ -396,7 +401,7 @@ def train(args: Args) -> Path:
     # ALGO LOGIC: networks, targets, optimisers, entropy temperature
     train_nodes = make_scenario(args, args.points[0]).n_nodes
     actor = nets.Actor(args.variant, args.d_model, diffusion_steps=args.diffusion_steps, step_bins=args.step_bins,
-                       hint=args.hint, train_nodes=train_nodes)
+                       hint=args.hint, train_nodes=train_nodes, residual=args.residual)
     qf1, qf2 = (nets.Critic(args.variant, args.d_model, step_bins=args.step_bins, hint=bool(args.hint),
                             train_nodes=train_nodes) for _ in range(2))
     qf1_target, qf2_target = copy.deepcopy(qf1), copy.deepcopy(qf2)
@@ -419,7 +424,7 @@ def train(args: Args) -> Path:
     env = make_env(args, rng)
     env.reset(seed=1_000_000 + int(rng.integers(2**30)))
     hint = eat_agent.hinter_of(actor)
-    obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
+    obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint, args.residual)
     rb = ReplayBuffer(args.buffer_size, obs)
 
     def episode_seed() -> int:
@@ -460,11 +465,11 @@ def train(args: Args) -> Path:
                 index = int(torch.multinomial(logp.exp(), 1))
             option = nets.decode(index, env.sim.snapshot().n_jobs, env.sim.snapshot().n_nodes, args.step_bins)
             pointer = v[0, option[0], :, option[2]].numpy() if option else None
-            reward, done, info = step(env, args, index, pointer)
+            reward, done, info = step(env, args, index, pointer, obs["free"])
             episode_return += reward
             # Even at the episode's end: it bootstraps from the state reached (the last state
             # itself would make its target r + γ·V(s), a loop that settles at r / (1 − γ)).
-            next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
+            next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint, args.residual)
             rb.add(obs, index, reward, next_obs, info["discount"], done)
             obs = next_obs
             global_step += 1
@@ -480,7 +485,7 @@ def train(args: Args) -> Path:
                 env.reset(seed=episode_seed())
                 while env.sim.done:
                     env.reset(seed=episode_seed())
-                obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
+                obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint, args.residual)
                 episode_return = 0.0
 
             # ALGO LOGIC: training
@@ -614,7 +619,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
     so far again. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
     assert args.bc_policy is not None
     teacher = make_teacher(args.bc_policy, objective(args), args.teacher_futures, args.teacher_horizon_s,
-                           args.teacher_steps_factors)
+                           args.teacher_steps_factors, gpu_moves=not args.residual)
     hint = eat_agent.hinter_of(actor)
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
     rounds = 1 + args.bc_dagger
@@ -687,7 +692,7 @@ def _label_episode_in_worker(args: Args, draw: EpisodeDraw, clone_blob: dict | N
         clone = nets.actor_from_config(clone_blob["config"])
         clone.load_state_dict(clone_blob["actor"])
     teacher = make_teacher(str(args.bc_policy), objective(args), args.teacher_futures, args.teacher_horizon_s,
-                           args.teacher_steps_factors)
+                           args.teacher_steps_factors, gpu_moves=not args.residual)
     hint = base.make(args.hint).decide if args.hint else None
     return _label_episode(args, draw, teacher, clone, hint)
 
@@ -702,13 +707,13 @@ def _label_episode(args: Args, draw: EpisodeDraw, teacher: base.Policy, clone: n
     done, out = env.sim.done, []
     while not done:
         snap = env.sim.snapshot()
-        obs = nets.observe(snap, env.scenario.window, hint)
+        obs = nets.observe(snap, env.scenario.window, hint, args.residual)
         label = option_of(snap, teacher.decide(snap), args.step_bins)
         index, pointer = label, None
         if clone is not None:
             _, _, index, pointer = eat_agent.act(clone, snap, hint=hint)
-        reward, done, info = step(env, args, index, pointer)
-        next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint)
+        reward, done, info = step(env, args, index, pointer, obs["free"])
+        next_obs = nets.observe(env.sim.snapshot(), env.scenario.window, hint, args.residual)
         out.append(Labelled(obs, index, label, reward, next_obs, info["discount"], done))
     return out
 
@@ -726,12 +731,14 @@ def load_demos(run_dir: Path) -> ReplayBuffer:
 
 
 def make_teacher(name: str, objective: rollout.Objective, futures: int = 0, horizon_s: float | None = None,
-                 steps_factors: tuple[float, ...] = rollout.STEPS_FACTORS) -> base.Policy:
+                 steps_factors: tuple[float, ...] = rollout.STEPS_FACTORS, gpu_moves: bool = True) -> base.Policy:
     """A registered policy, or ``rollout:<heuristic>`` (``agents.rollout``, training only),
     which scores its play-outs by ``objective`` over ``futures`` drawn futures (0: the episode's
-    own) up to ``horizon_s``, trying the proposed steps × each of ``steps_factors`` too."""
+    own) up to ``horizon_s``, trying the proposed steps × each of ``steps_factors`` too, and
+    with ``gpu_moves`` other single GPUs."""
     if name.startswith(rollout.PREFIX):
-        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX), objective, futures, horizon_s, steps_factors)
+        return rollout.RolloutTeacher(name.removeprefix(rollout.PREFIX), objective, futures, horizon_s, steps_factors,
+                                      gpu_moves)
     return base.make(name)
 
 
@@ -779,6 +786,7 @@ def main(
     eval_seeds: int = 5,
     eval_nodes: Annotated[Optional[str], typer.Option(help="Comma-separated further cluster sizes the periodic evaluation covers (the best policy is chosen on the mean).")] = None,
     hint: Annotated[Optional[str], typer.Option(help="Heuristic whose proposal the policy sees at every decision (e.g. edf-cache-queue).")] = None,
+    residual: Annotated[bool, typer.Option(help="Keep the hint's placement: the policy chooses only the steps and whether to wait.")] = False,
     bc_policy: Annotated[Optional[str], typer.Option(help="Heuristic to warm-start from (e.g. edf-cache), or rollout:<heuristic>, its one-step rollout improvement.")] = None,
     teacher_futures: Annotated[int, typer.Option(help="rollout: teacher: futures drawn from the present per decision (0: the episode's own, clairvoyant).")] = 0,
     teacher_horizon: Annotated[Optional[float], typer.Option(help="rollout: teacher: score play-outs on the jobs arriving within this many seconds (default: to the episode's end).")] = None,
@@ -834,12 +842,15 @@ def main(
     factors = rollout.STEPS_FACTORS if teacher_steps_factors is None else _positive_floats("teacher-steps-factors", teacher_steps_factors)
     if teacher_futures < 0 or (teacher_horizon is not None and teacher_horizon <= 0):
         raise typer.BadParameter(f"teacher-futures must be >= 0 and teacher-horizon > 0, got {teacher_futures} and {teacher_horizon}")
+    if residual and (hint is None or (bc_policy is not None and bc_policy.removeprefix(rollout.PREFIX) != hint)):
+        raise typer.BadParameter("residual: give --hint <heuristic>, and a teacher (--bc-policy) of that heuristic or "
+                                 "rollout:<it>, whose labels are then among the options")
     for option, policy in (("hint", hint), ("bc-policy", bc_policy and bc_policy.removeprefix(rollout.PREFIX))):
         if policy is not None and not base.known(policy):
             raise typer.BadParameter(f"{option}: unknown policy {policy!r}; known: {', '.join(base.names())}")
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
                 max_minutes=max_minutes, nodes=nodes, mode=mode, gpu_keeps_model=gpu_keeps_model, learning_starts=learning_starts, batch_size=batch_size,
-                eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, bc_policy=bc_policy, bc_episodes=bc_episodes,
+                eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, residual=residual, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 teacher_futures=teacher_futures, teacher_horizon_s=teacher_horizon, teacher_steps_factors=factors,
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, workers=workers, out=out, resume=resume,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,

@@ -95,7 +95,7 @@ def act(
     """One decision: (Decision or None to wait, the observation, the flat option index, the
     chosen job's pointer scores over nodes for the chosen k). A hinted actor needs ``hint``
     (``hinter_of``)."""
-    obs = nets.observe(snap, hint=hint)
+    obs = nets.observe(snap, hint=hint, residual=actor.residual)
     o = nets.to_tensors(obs)
     with torch.no_grad():
         u, v, w = actor(o, generator, shuffle_state=shuffle_state)
@@ -136,11 +136,17 @@ class Instant:
         return (snap.now == self.now and snap.node_names == self.node_names
                 and all(int(i) in self.row_of for i in snap.job_id))
 
-    def decide(self, snap: Snapshot) -> Decision | None:
+    def decide(self, snap: Snapshot, obs: dict[str, np.ndarray] | None = None) -> Decision | None:
+        """The best option open in ``snap``: those of ``obs`` (``nets.observe``, unpadded) for the
+        snapshot the pass encoded, else re-masked from the snapshot."""
         rows = [self.row_of[int(i)] for i in snap.job_id]
-        job_mask, k_mask, free = nets.features.masks(snap)
+        if obs is None:
+            job_mask, k_mask, free = nets.features.masks(snap)
+            may_wait = torch.tensor([nets.features.may_wait(snap, bool(job_mask.any()))])
+        else:
+            job_mask, k_mask, free = obs["job_mask"], obs["k_mask"], obs["free"]
+            may_wait = torch.from_numpy(obs["may_wait"])
         mask = torch.from_numpy(job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None])
-        may_wait = torch.tensor([nets.features.may_wait(snap, bool(job_mask.any()))])
         logp = nets.joint_log_probs(self.u[None, rows], self.v[None, rows], self.w, mask[None], may_wait)[0]
         bins = self.u.shape[-1]
         option = nets.decode(nets.greedy_index(logp), snap.n_jobs, snap.n_nodes, bins)
@@ -153,7 +159,8 @@ class Instant:
 class LearnedPolicy:
     """Greedy decisions of an actor. ``reuse``: decisions taken from one actor pass at the same
     instant before it runs again (1: a fresh pass per decision, as in training). A hinted actor's
-    reused pass saw the heuristic's proposal for the first of those dispatches only."""
+    reused pass saw the heuristic's proposal for the first of those dispatches only; a residual
+    actor, whose options are the proposal's, makes a fresh pass for every decision."""
 
     def __init__(self, variant: str = "eat", actor: nets.Actor | None = None, shuffle_state: bool = False,
                  diffusion_steps: int | None = None, name: str | None = None, reuse: int = 1) -> None:
@@ -178,11 +185,12 @@ class LearnedPolicy:
 
     def decide(self, snap: Snapshot) -> Decision | None:
         instant = self.instant
-        if instant is not None and instant.uses < self.reuse and instant.covers(snap):
+        if (instant is not None and instant.uses < self.reuse and instant.covers(snap)
+                and not self._actor(snap).residual):
             instant.uses += 1
-        else:
-            instant = self.instant = self._encode(snap)
-        return instant.decide(snap)
+            return instant.decide(snap)
+        self.instant, obs = self._encode(snap)
+        return self.instant.decide(snap, obs)
 
     def attention(self, job_id: int) -> tuple[np.ndarray, dict[int, float]] | None:
         """For a job of the latest actor pass: its attention over nodes (N,) and over the other
@@ -195,18 +203,19 @@ class LearnedPolicy:
         others = {i: float(instant.job_attention[row, r]) for i, r in instant.row_of.items() if i != job_id}
         return instant.node_attention[row], others
 
-    def _encode(self, snap: Snapshot) -> Instant:
+    def _encode(self, snap: Snapshot) -> tuple[Instant, dict[str, np.ndarray]]:
         actor = self._actor(snap)
         if actor.hint and actor.hint not in self.hinters:
             self.hinters[actor.hint] = hinter_of(actor)
         hint = self.hinters.get(actor.hint) if actor.hint else None
-        o = {k: t.to(self.device) for k, t in nets.to_tensors(nets.observe(snap, hint=hint)).items()}
+        obs = nets.observe(snap, hint=hint, residual=actor.residual)
+        o = {k: t.to(self.device) for k, t in nets.to_tensors(obs).items()}
         with torch.no_grad():
             u, v, w = actor(o, self.generator, shuffle_state=self.shuffle_state)
         weights = actor.encoder.attention_weights()
         node_att, job_att = (None, None) if weights is None else (weights[0][0].cpu().numpy(), weights[1][0].cpu().numpy())
         return Instant(snap.now, snap.node_names, {int(i): r for r, i in enumerate(snap.job_id)},
-                       u[0].cpu(), v[0].cpu(), w.cpu(), node_att, job_att)
+                       u[0].cpu(), v[0].cpu(), w.cpu(), node_att, job_att), obs
 
 
 @functools.lru_cache(maxsize=16)

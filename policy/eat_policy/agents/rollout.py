@@ -2,12 +2,13 @@
 
 At each decision it takes the heuristic's proposal and a few alternatives (wait, unless every GPU
 is idle; the proposed job on the fastest idle GPU that holds its model, has it on disk, or has
-neither; the proposed steps ×0.75 and ×1.25, or other ``steps_factors``), plays each out on a
-copy of the simulator with the heuristic deciding everything after it, and keeps the one with the highest return under the
-training objective (``Objective``: the env's reward, quality and the job-seconds spent in the
-system, weighted as ``eat-policy train`` weights them). That is policy iteration's improvement
-step. By default the copy is the same episode, so the step is exact but clairvoyant (the copy
-knows future arrivals): labels the state cannot predict. With ``futures`` = n the options are
+neither, unless ``gpu_moves`` is off; the proposed steps ×0.75 and ×1.25, or other
+``steps_factors``), plays each out on a copy of the simulator with the heuristic deciding
+everything after it, and keeps the one with the highest return under the training objective
+(``Objective``: the env's reward, quality and the job-seconds spent in the system, weighted as
+``eat-policy train`` weights them). That is policy iteration's improvement step. By default the
+copy is the same episode, so the step is exact but clairvoyant (the copy knows future arrivals):
+labels the state cannot predict. With ``futures`` = n the options are
 played out on n futures drawn from the present instead (``Simulator.with_future``, the same n
 for every option), a teacher that knows only what a policy can; ``horizon_s`` scores the
 play-outs on the jobs arriving within that many seconds, which cuts their cost and their noise.
@@ -65,13 +66,15 @@ class RolloutTeacher:
     option, and keeps the option with the best mean return: a teacher that knows only the state."""
 
     def __init__(self, heuristic: str, objective: Objective = Objective(), futures: int = 0,
-                 horizon_s: float | None = None, steps_factors: tuple[float, ...] = STEPS_FACTORS) -> None:
+                 horizon_s: float | None = None, steps_factors: tuple[float, ...] = STEPS_FACTORS,
+                 gpu_moves: bool = True) -> None:
         self.name = PREFIX + heuristic
         self.base = base.make(heuristic)
         self.objective = objective
         self.futures = futures
         self.horizon_s = horizon_s
         self.steps_factors = steps_factors
+        self.gpu_moves = gpu_moves
         self.sim: engine.Simulator | None = None
         self._rng = np.random.default_rng(0)
 
@@ -89,7 +92,7 @@ class RolloutTeacher:
         proposal = self.base.decide(snap)
         if proposal is None:
             return None
-        options = alternatives(snap, proposal, self.steps_factors)
+        options = alternatives(snap, proposal, self.steps_factors, self.gpu_moves)
         if self.futures == 0:
             worlds = [self.sim]
         else:
@@ -99,23 +102,25 @@ class RolloutTeacher:
 
     def _play_out(self, world: engine.Simulator, first: Decision | None) -> float:
         sim = copy.deepcopy(world)
-        env_rewards = sim.step(first)
         if self.horizon_s is None:
+            env_rewards = sim.step(first)
             while not sim.done:
                 env_rewards += sim.step(self.base.decide(sim.snapshot()))
             return self.objective.rest_of_episode(env_rewards, sim)
+        sim.step(first)  # of_first_jobs reads the rewards from the records
         n = int(np.searchsorted(sim.trace.arrival_s, world.now + self.horizon_s, side="right"))
         while not sim.done and (sim.n_arrived < n or (sim.queue and sim.queue[0] < n)):
             sim.step(self.base.decide(sim.snapshot()))
         return self.objective.of_first_jobs(n, sim)
 
 
-def alternatives(snap: Snapshot, proposal: Decision, steps_factors: tuple[float, ...] = STEPS_FACTORS) -> list[Decision | None]:
+def alternatives(snap: Snapshot, proposal: Decision, steps_factors: tuple[float, ...] = STEPS_FACTORS,
+                 gpu_moves: bool = True) -> list[Decision | None]:
     """The proposal first (ties keep it), then wait (where a policy may: ``features.may_wait``),
-    other single GPUs and the proposed steps × each of ``steps_factors``."""
+    other single GPUs (with ``gpu_moves``) and the proposed steps × each of ``steps_factors``."""
     out: list[Decision | None] = [proposal] + ([None] if features.may_wait(snap, can_dispatch=True) else [])
     j, m = proposal.job, int(snap.job_model[proposal.job])
-    if proposal.k == 1:
+    if gpu_moves and proposal.k == 1:
         idle = (snap.gpu_free_at <= snap.now) & snap.node_up[snap.gpu_node]
         idle[list(proposal.gpus)] = False
         fits = snap.node_gpu_mem_gb[snap.gpu_node] >= catalog.MODELS[m].vram_gb if snap.scenario == "edge" else True

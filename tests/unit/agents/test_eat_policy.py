@@ -213,7 +213,7 @@ class _CountingActor(torch.nn.Module):
 
     def __init__(self, actor: nets.Actor) -> None:
         super().__init__()
-        self.inner, self.encoder, self.hint, self.calls = actor, actor.encoder, actor.hint, 0
+        self.inner, self.encoder, self.hint, self.residual, self.calls = actor, actor.encoder, actor.hint, actor.residual, 0
 
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self.calls += 1
@@ -418,3 +418,55 @@ def test_train_nodes_is_recorded_by_training_and_by_every_shipped_checkpoint(tmp
     trained_on = {"eat-edge": 8, "eat-paper": 4, "eat-paper-fixed-k": 4, "d-sac-paper": 4, "sac-paper": 4}
     for name, n in trained_on.items():
         assert torch.load(eat_agent.CHECKPOINTS / f"{name}.pt", weights_only=True)["config"]["train_nodes"] == n
+
+
+# --- residual actors: the hint's placement, the policy's steps and waits ----------------------------
+
+
+def test_a_residual_observation_opens_only_the_proposals_options_or_wait() -> None:
+    snap = _snapshot(scenarios.edge(n_nodes=6, initial_queue=30, n_jobs=40), warm_steps=2)
+    proposal = base.make("edf-cache-queue").decide(snap)
+    assert proposal is not None
+    full, only = nets.observe(snap), nets.observe(snap, hint=lambda s: proposal, residual=True)
+    mask = nets.option_mask(nets.to_tensors(only))[0]
+    j, ki = proposal.job, nets.features.K_VALUES.index(proposal.k)
+    gang_nodes = set(snap.gpu_node[list(proposal.gpus)].tolist())
+    assert {(int(a), int(n), int(k)) for a, n, k in mask.nonzero()} == {(j, n, ki) for n in gang_nodes}
+    assert full["job_mask"].sum() > 1, "other jobs were feasible"
+    assert only["may_wait"][0] == full["may_wait"][0]
+    for key in ("nodes", "jobs", "pairs", "hint_jobs"):
+        assert np.array_equal(only[key], nets.observe(snap, hint=lambda s: proposal)[key])
+    waiting = nets.observe(snap, hint=lambda s: None, residual=True)
+    assert not nets.option_mask(nets.to_tensors(waiting)).any() and waiting["may_wait"][0]
+    with pytest.raises(ValueError, match="needs a hint"):
+        nets.observe(snap, residual=True)
+
+
+def test_a_residual_policy_keeps_its_hints_job_k_and_nodes_whatever_its_weights(tmp_path) -> None:
+    torch.manual_seed(1)
+    with pytest.raises(ValueError, match="needs a hint"):
+        nets.Actor("eat", d=32, dp=16, residual=True)
+    save_policy(nets.Actor("eat", d=32, dp=16, hint="edf-cache-queue-fit", residual=True).eval(), tmp_path / "r.pt")
+    actor = eat_agent.load_actor(tmp_path / "r.pt")
+    assert actor.residual and nets.config_of(actor)["residual"]
+    assert not nets.actor_from_config({k: v for k, v in nets.config_of(actor).items() if k != "residual"}).residual
+    hint = base.make("edf-cache-queue-fit")
+    policy = eat_agent.LearnedPolicy(actor=actor, name="residual", reuse=8)
+    sim = engine.Simulator(scenarios.edge(n_nodes=5, load=0.9, n_jobs=60, gpu_keeps_model=False))
+    sim.reset(0)
+    other_steps = waits = 0
+    while not sim.done:
+        snap = sim.snapshot()
+        proposal, d = hint.decide(snap), policy.decide(snap)
+        assert policy.instant is not None and policy.instant.uses == 1, "a fresh pass per decision"
+        if proposal is None:
+            assert d is None
+        elif d is None:
+            waits += 1
+        else:
+            assert (d.job, d.k) == (proposal.job, proposal.k)
+            assert set(snap.gpu_node[list(d.gpus)]) <= set(snap.gpu_node[list(proposal.gpus)])
+            other_steps += d.steps != proposal.steps
+        sim.step(d)
+    assert other_steps > 0, "the policy chooses the steps"
+    assert sim.metrics().finished == 60

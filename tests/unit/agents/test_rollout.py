@@ -51,6 +51,8 @@ def test_alternatives_start_with_the_proposal_and_are_all_feasible() -> None:
     halved = rollout.alternatives(snap, proposal, steps_factors=(0.5,))
     assert halved[:-1] == [o for o in options if o is None or o.steps == proposal.steps]
     assert halved[-1] == Decision(proposal.job, proposal.gpus, max(lo, round(proposal.steps * 0.5)))
+    in_place = rollout.alternatives(snap, proposal, gpu_moves=False)
+    assert in_place == [o for o in options if o is None or o.gpus == proposal.gpus] and len(in_place) < len(options)
 
 
 def test_the_teacher_refuses_snapshots_of_other_episodes() -> None:

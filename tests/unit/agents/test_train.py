@@ -384,3 +384,32 @@ def test_worker_processes_label_as_this_process_does_and_repeat_with_the_seed() 
     assert all(t.taken == t.label for episode in here for t in episode)
     assert actions(dagger[0]) == actions(dagger[1])
     assert any(t.taken != t.label for episode in dagger[0] for t in episode), "the clone acts"
+
+
+def test_a_residual_run_labels_and_takes_only_its_hints_options() -> None:
+    """``--residual``: the rollout teacher moves no GPUs, so its labels, like a residual clone's
+    choices, are among the options around the hint's proposal (never a masked-out option)."""
+    import numpy as np
+
+    from eat_policy import nets, train
+    from eat_policy.agents import base
+    from eat_policy.sim import scenarios
+
+    args = train.Args(scenario="edge", hint="edf-cache-queue-fit", residual=True, bc_policy="rollout:edf-cache-queue-fit",
+                      teacher_futures=2, teacher_horizon_s=5.0, teacher_steps_factors=(0.5, 1.25))
+    draw = train.EpisodeDraw(scenarios.edge(n_nodes=5, load=0.9, n_jobs=40, gpu_keeps_model=False), 7)
+    teacher = train.make_teacher(str(args.bc_policy), train.objective(args), 2, 5.0, (0.5, 1.25), gpu_moves=False)
+    clone = nets.Actor("eat", d=32, dp=16, hint="edf-cache-queue-fit", residual=True)
+    hint = base.make("edf-cache-queue-fit").decide
+    labelled = train._label_episode(args, draw, teacher, None, hint) + train._label_episode(args, draw, teacher, clone, hint)
+    for t in labelled:
+        o = nets.to_tensors(t.obs)
+        open_ = torch.cat([o["may_wait"][0], nets.option_mask(o)[0].flatten().repeat_interleave(args.step_bins)])
+        assert open_[t.label] and open_[t.taken]
+    assert any(t.label != 0 for t in labelled) and any(t.taken != 0 for t in labelled)
+
+
+@pytest.mark.parametrize("extra", [[], ["--hint", "cache-lct", "--bc-policy", "rollout:edf-cache"]])
+def test_cli_refuses_a_residual_run_without_its_hints_teacher(extra: list[str]) -> None:
+    r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--residual", *extra], capture_output=True, text=True)
+    assert r.returncode != 0 and "residual: give --hint" in r.stderr, r.stderr
