@@ -94,8 +94,9 @@ def test_simulate_prints_metrics() -> None:
     (["evaluate", "--first-seed", "-1"], "first-seed must be >= 0"),
     (["evaluate", "--scenario", "edge", "--loads", "9"], "load must be in"),
     (["evaluate", "--policies", "cache-lct-steps:0"], "takes a number of steps from 1 to 100, got '0'"),
+    (["evaluate", "--threads", "0"], "Invalid value for '--threads'"),
 ], ids=["scenario", "policy", "nodes", "rate", "mode", "rates-text", "rates-zero", "seeds", "first-seed", "load",
-        "steps"])
+        "steps", "threads"])
 def test_bad_input_is_a_clear_error_not_a_traceback(args: list[str], message: str) -> None:
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2
@@ -114,8 +115,14 @@ def test_a_trained_policy_file_is_evaluated_by_its_path(tmp_path) -> None:  # ty
     save_policy(nets.Actor("eat", d=32, dp=16), path)
     out = tmp_path / "ev"
     name = f"checkpoint:{path}"
-    result = runner.invoke(cli.app, ["evaluate", "--scenario", "paper", "--seeds", "2", "--rates", "0.05",
-                                     "--policies", f"first-fit,{name}", "--out", str(out)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = runner.invoke(cli.app, ["evaluate", "--scenario", "paper", "--seeds", "2", "--rates", "0.05",
+                                         "--policies", f"first-fit,{name}", "--out", str(out)])
+        assert torch.get_num_threads() == 1, "learned policies decide on one torch thread unless --threads says"
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((out / "episodes.csv").open()))
     assert {r["policy"] for r in rows} == {"first-fit", name}
