@@ -43,7 +43,7 @@ RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/infere
 FROM base AS policy
 ARG PYTHON
 COPY --from=build-policy /opt/eat /opt/eat
-ENV EAT_POLICY_CHECKPOINT=/opt/eat/lib/python${PYTHON}/site-packages/eat_policy/checkpoints/eat-edge.pt \
+ENV EAT_POLICY_CHECKPOINT=/opt/eat/lib/python${PYTHON}/site-packages/eat_policy/checkpoints/eat-edge-pods.pt \
     NUMBA_CACHE_DIR=/tmp/numba
 USER 10001:10001
 EXPOSE 8000

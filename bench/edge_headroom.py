@@ -7,8 +7,9 @@ On the same traces (seeds 0..N-1), ρ 0.8, mean response and deadline attainment
   copies of the episode, which knows future arrivals), scored by the edge training reward: what
   policy improvement finds, an optimistic yardstick for a learned policy that sees only the state;
 - the same teacher knowing only the present: options played out on 4 futures drawn from it and
-  scored on the jobs of the next 10 s, a yardstick a policy that sees the state can reach; and
-  that one trying half the proposed steps too;
+  scored on the jobs of the next 10 s, a yardstick a policy that sees the state can reach; that
+  one trying half the proposed steps too; and that one keeping the reference's GPUs and trying
+  more steps counts instead, the teacher of a residual clone (``train --residual``);
 - the shipped ``eat`` policy (``eat-edge``).
 Differences are paired by seed against the reference (mean ± 95% CI); quality is the mean
 Q(steps). Without ``--warm-pool`` the cluster is the operator's pods (every job loads its model),
@@ -29,6 +30,8 @@ REFERENCE = "edf-cache-queue-fit"
 HEURISTICS = ("edf-cache-queue", "cache-lct-queue-fit")
 TRAINING_OBJECTIVE = rollout.Objective(env_reward_weight=1.0, time_scale_s=600.0)
 """``eat-policy train``'s edge reward: the env's reward less job-seconds / 600 s."""
+RESIDUAL_STEPS_FACTORS = (0.35, 0.5, 0.7, 0.85, 1.25)
+"""The residual pods clone's teacher (``train --residual --teacher-steps-factors``)."""
 
 
 def policies() -> dict[str, base.Policy]:
@@ -37,6 +40,8 @@ def policies() -> dict[str, base.Policy]:
     out["  the same, 4 drawn futures, 10 s"] = rollout.RolloutTeacher(REFERENCE, TRAINING_OBJECTIVE, futures=4, horizon_s=10.0)
     out["  and steps x0.5 too"] = rollout.RolloutTeacher(REFERENCE, TRAINING_OBJECTIVE, futures=4, horizon_s=10.0,
                                                          steps_factors=(0.5, *rollout.STEPS_FACTORS))
+    out["  steps x0.35-1.25 on the reference's GPUs"] = rollout.RolloutTeacher(
+        REFERENCE, TRAINING_OBJECTIVE, futures=4, horizon_s=10.0, steps_factors=RESIDUAL_STEPS_FACTORS, gpu_moves=False)
     out["eat (eat-edge)"] = base.make("eat")
     return out
 

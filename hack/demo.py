@@ -207,7 +207,7 @@ def main() -> None:
         wait_scraped(f"http://127.0.0.1:{prom_port}", api.METRIC_MODEL_CACHED)
 
         console.rule("2. policy service, extender, operator")
-        checkpoint = ROOT / "policy" / "eat_policy" / "checkpoints" / "eat-edge.pt"
+        checkpoint = ROOT / "policy" / "eat_policy" / "checkpoints" / "eat-edge-pods.pt"
         policy_port = free_port()
         serve = [sys.executable, "-m", "eat_policy.cli", "serve", "--host", "127.0.0.1", "--port", str(policy_port),
                  "--prometheus-url", f"http://127.0.0.1:{prom_port}", "--log-level", "warning"]

@@ -13,7 +13,9 @@ Registers ``eat``, ``d-sac`` and ``sac``, plus the chain-ablation evaluations ``
 node's: the state is there, but no longer where its options are) and ``eat-1step`` (one
 denoising step), and
 ``eat-reuse8``/``eat-reuse32`` (several dispatches of one instant from one actor pass, as the
-policy service does). A checkpoint whose config names a ``hint`` heuristic (``eat-edge``) is
+policy service does); ``eat-pods`` is the edge policy for clusters whose GPUs do not keep models
+between jobs (the operator's pods: ``--no-gpu-keeps-model``), ``eat-edge-pods.pt``, a residual
+actor over ``edf-cache-queue-fit``. A checkpoint whose config names a ``hint`` heuristic (``eat-edge``) is
 shown that heuristic's proposal with every pass (``nets.hint_features``).
 """
 
@@ -130,6 +132,8 @@ class Instant:
     """(J, N) job→node cross-attention, head-averaged; None for D-SAC."""
     job_attention: np.ndarray | None
     """(J, J) job→job weights of the last self-attention layer."""
+    residual_hint: nets.Hinter | None = None
+    """A residual actor's hint: each reused decision's options are around its new proposal."""
     uses: int = 1
 
     def covers(self, snap: Snapshot) -> bool:
@@ -140,6 +144,8 @@ class Instant:
         """The best option open in ``snap``: those of ``obs`` (``nets.observe``, unpadded) for the
         snapshot the pass encoded, else re-masked from the snapshot."""
         rows = [self.row_of[int(i)] for i in snap.job_id]
+        if obs is None and self.residual_hint is not None:
+            obs = nets.observe(snap, hint=self.residual_hint, residual=True)
         if obs is None:
             job_mask, k_mask, free = nets.features.masks(snap)
             may_wait = torch.tensor([nets.features.may_wait(snap, bool(job_mask.any()))])
@@ -160,7 +166,7 @@ class LearnedPolicy:
     """Greedy decisions of an actor. ``reuse``: decisions taken from one actor pass at the same
     instant before it runs again (1: a fresh pass per decision, as in training). A hinted actor's
     reused pass saw the heuristic's proposal for the first of those dispatches only; a residual
-    actor, whose options are the proposal's, makes a fresh pass for every decision."""
+    actor's reused pass is re-masked around each new proposal."""
 
     def __init__(self, variant: str = "eat", actor: nets.Actor | None = None, shuffle_state: bool = False,
                  diffusion_steps: int | None = None, name: str | None = None, reuse: int = 1) -> None:
@@ -185,8 +191,7 @@ class LearnedPolicy:
 
     def decide(self, snap: Snapshot) -> Decision | None:
         instant = self.instant
-        if (instant is not None and instant.uses < self.reuse and instant.covers(snap)
-                and not self._actor(snap).residual):
+        if instant is not None and instant.uses < self.reuse and instant.covers(snap):
             instant.uses += 1
             return instant.decide(snap)
         self.instant, obs = self._encode(snap)
@@ -215,7 +220,7 @@ class LearnedPolicy:
         weights = actor.encoder.attention_weights()
         node_att, job_att = (None, None) if weights is None else (weights[0][0].cpu().numpy(), weights[1][0].cpu().numpy())
         return Instant(snap.now, snap.node_names, {int(i): r for r, i in enumerate(snap.job_id)},
-                       u[0].cpu(), v[0].cpu(), w.cpu(), node_att, job_att), obs
+                       u[0].cpu(), v[0].cpu(), w.cpu(), node_att, job_att, hint if actor.residual else None), obs
 
 
 @functools.lru_cache(maxsize=16)
@@ -233,6 +238,7 @@ base.register("d-sac", lambda: LearnedPolicy("d-sac"))
 base.register("sac", lambda: LearnedPolicy("sac"))
 base.register("eat-shuffled", lambda: LearnedPolicy("eat", shuffle_state=True, name="eat-shuffled"))
 base.register("eat-1step", lambda: LearnedPolicy("eat", diffusion_steps=1, name="eat-1step"))
+base.register("eat-pods", lambda: LearnedPolicy("eat", actor=_shipped("eat", "edge-pods"), name="eat-pods"))
 def from_checkpoint(path: str) -> LearnedPolicy:
     """``checkpoint:PATH``: any trained policy file, e.g. a run's ``policy.pt``, by its path
     (loaded once: the CLI makes each policy to check it, then the harness makes it again)."""

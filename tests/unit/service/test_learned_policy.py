@@ -11,7 +11,7 @@ from eat_policy.snapshot import Decision
 
 from .conftest import make_job, make_node
 
-SHIPPED = Path(__file__).resolve().parents[3] / "policy" / "eat_policy" / "checkpoints" / "eat-edge.pt"
+CHECKPOINTS = Path(__file__).resolve().parents[3] / "policy" / "eat_policy" / "checkpoints"
 
 
 def request(n_jobs: int = 3) -> api.PlanRequest:
@@ -23,15 +23,16 @@ def request(n_jobs: int = 3) -> api.PlanRequest:
     )
 
 
-@pytest.fixture(scope="module")
-def planner() -> Planner:
-    return Planner.from_settings(Settings(checkpoint=SHIPPED))
+@pytest.fixture(scope="module", params=["eat-edge.pt", "eat-edge-pods.pt"])
+def planner(request: pytest.FixtureRequest) -> Planner:
+    """The service with each shipped edge checkpoint (the image serves ``eat-edge-pods``)."""
+    return Planner.from_settings(Settings(checkpoint=CHECKPOINTS / request.param))
 
 
 def test_shipped_checkpoint_answers_with_feasible_plans(planner: Planner) -> None:
     assert planner.ready and planner.load_error is None
     body = planner.plan(request())
-    assert body.policy.name == "eat" and not body.policy.fallback and "eat-edge.pt" in body.policy.version
+    assert body.policy.name == "eat" and not body.policy.fallback and planner.settings.checkpoint.name in body.policy.version
     used: dict[str, int] = {}
     for d in body.decisions:
         if d.action == "dispatch":
