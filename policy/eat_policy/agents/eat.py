@@ -15,8 +15,8 @@ denoising step), and
 ``eat-reuse8``/``eat-reuse32`` (several dispatches of one instant from one actor pass, as the
 policy service does); ``eat-pods`` is the edge policy for clusters whose GPUs do not keep models
 between jobs (the operator's pods: ``--no-gpu-keeps-model``), ``eat-edge-pods.pt``, a residual
-actor over ``edf-cache-queue-fit``. A checkpoint whose config names a ``hint`` heuristic (``eat-edge``) is
-shown that heuristic's proposal with every pass (``nets.hint_features``).
+actor over ``edf-cache-queue-fit``. A checkpoint whose config names a ``hint`` heuristic
+(``eat-edge``) is shown that heuristic's proposal with every pass (``nets.hint_features``).
 """
 
 from __future__ import annotations
