@@ -85,7 +85,9 @@ def _node_features(snap: Snapshot) -> np.ndarray:
     np.minimum.at(busy_min, snap.gpu_node, remaining)
     util = np.bincount(snap.gpu_node, weights=snap.gpu_util, minlength=n) / snap.node_gpus
     group = snap.node_group
-    group_size = np.array([np.count_nonzero(group == g) if g >= 0 else 0 for g in group])
+    grouped = group >= 0
+    group_size = np.zeros(n)
+    group_size[grouped] = np.bincount(group[grouped])[group[grouped]]
     return np.stack([
         snap.node_speed / 2.0,
         snap.node_gpus / 8.0,
@@ -128,7 +130,8 @@ def _pair_features(snap: Snapshot) -> np.ndarray:
         return out
     m = snap.job_model
     resident = snap.gpu_resident[:, m].T.astype(float)  # (J, G)
-    resident_share = np.stack([np.bincount(snap.gpu_node, weights=r, minlength=n) for r in resident]) / snap.node_gpus
+    bins = (np.arange(j)[:, None] * n + snap.gpu_node[None, :]).ravel()  # (job, node) of each (job, GPU)
+    resident_share = np.bincount(bins, weights=resident.ravel(), minlength=j * n).reshape(j, n) / snap.node_gpus
     on_disk = snap.node_disk[:, m].T.astype(float)  # (J, N)
     load = np.where(resident_share > 0, 0.0, np.where(on_disk > 0, _LOAD_S[m][:, None], _FETCH_S[m][:, None]))
     fits = (snap.node_gpu_mem_gb[None, :] >= _VRAM_GB[m][:, None]).astype(float)

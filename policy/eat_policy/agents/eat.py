@@ -153,9 +153,9 @@ class Instant:
             job_mask, k_mask, free = obs["job_mask"], obs["k_mask"], obs["free"]
             may_wait = torch.from_numpy(obs["may_wait"])
         mask = torch.from_numpy(job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None])
-        logp = nets.joint_log_probs(self.u[None, rows], self.v[None, rows], self.w, mask[None], may_wait)[0]
         bins = self.u.shape[-1]
-        option = nets.decode(nets.greedy_index(logp), snap.n_jobs, snap.n_nodes, bins)
+        index = nets.greedy_option(self.u[rows], self.v[rows], self.w, mask, may_wait)
+        option = nets.decode(index, snap.n_jobs, snap.n_nodes, bins)
         if option is None:
             return None
         pointer = self.v[rows[option[0]], :, option[2]].numpy()
@@ -215,7 +215,7 @@ class LearnedPolicy:
         hint = self.hinters.get(actor.hint) if actor.hint else None
         obs = nets.observe(snap, hint=hint, residual=actor.residual)
         o = {k: t.to(self.device) for k, t in nets.to_tensors(obs).items()}
-        with torch.no_grad():
+        with torch.inference_mode():
             u, v, w = actor(o, self.generator, shuffle_state=self.shuffle_state)
         weights = actor.encoder.attention_weights()
         node_att, job_att = (None, None) if weights is None else (weights[0][0].cpu().numpy(), weights[1][0].cpu().numpy())

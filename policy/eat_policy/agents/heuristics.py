@@ -240,14 +240,16 @@ def spare_fast_gpus(snap: Snapshot, d: Decision) -> int:
     its own that finishes it by its job's deadline; if no idle GPU does, the slowest idle GPU; else
     its own (equal speed keeps the policy's choice, which may be its plan around reservations).
     Ties go to the earliest finish."""
-    phys = physics_of(snap.scenario)
     own, deadline = d.gpus[0], float(snap.job_deadline_s[d.job])
-    finish = {g: phys.estimate(snap, d.job, (g,)).finish_s(d.steps) for g in [own, *usable_idle_gpus(snap, d.job).tolist()]}
-    speed = {g: float(snap.gpu_speed[g]) for g in finish}
-    slowest_first = sorted(finish, key=lambda g: (speed[g], finish[g]))
-    if all(f > deadline for f in finish.values()):
-        return slowest_first[0]
-    return next((g for g in slowest_first if speed[g] < speed[own] and finish[g] <= deadline), own)
+    idle = usable_idle_gpus(snap, d.job)
+    gpus = np.concatenate([[own], idle[idle != own]])
+    finish = physics_of(snap.scenario).finish_each(snap, d.job, gpus, d.steps)
+    speed = snap.gpu_speed[gpus].astype(float)
+    slowest_first = np.lexsort((finish, speed))  # stable: ties keep own first, then GPU order
+    if (finish > deadline).all():
+        return int(gpus[slowest_first[0]])
+    spares = slowest_first[(speed[slowest_first] < speed[0]) & (finish[slowest_first] <= deadline)]
+    return int(gpus[spares[0]]) if len(spares) else own
 
 
 def efficient_k(snap: Snapshot) -> np.ndarray:

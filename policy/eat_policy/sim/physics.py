@@ -59,6 +59,8 @@ class Physics(Protocol):
 
     def quality(self, snap: Snapshot, j: int, steps: int) -> float: ...
 
+    def finish_each(self, snap: Snapshot, j: int, gpus: np.ndarray, steps: int) -> np.ndarray: ...
+
 
 def for_scenario(name: str) -> Physics:
     return PaperPhysics() if name == "paper" else EdgePhysics()
@@ -106,6 +108,10 @@ class PaperPhysics:
         warm = is_warm_group(snap.node_group, gpus)
         start = max(snap.now, max(float(snap.gpu_free_at[g]) for g in gpus))
         return Placement(gpus, start, 0.0 if warm else paper.R_K[k], 0.0, paper.C_K[k], "warm" if warm else "cold")
+
+    def finish_each(self, snap: Snapshot, j: int, gpus: np.ndarray, steps: int) -> np.ndarray:
+        """(len(gpus),) when job j would finish alone on each GPU: ``estimate(snap, j, (g,))``."""
+        return np.array([self.estimate(snap, j, (int(g),)).finish_s(steps) for g in gpus], dtype=float)
 
     def candidates(
         self, snap: Snapshot, j: int, steps: int, idle_only: bool = False, exclude: np.ndarray | None = None
@@ -212,6 +218,23 @@ class EdgePhysics:
             worst = max(worst, tier)
         link = snap.node_link[nodes.pop()] if len(nodes) == 1 else "network"
         return self._placement(spec, px, k, tuple(gpus), start, worst, speed, link, m)
+
+    def finish_each(self, snap: Snapshot, j: int, gpus: np.ndarray, steps: int) -> np.ndarray:
+        """(len(gpus),) when job j would finish alone on each GPU: ``estimate(snap, j, (g,))``'s
+        finish, vectorised (the ``-fit`` heuristics ask it for every idle GPU at each decision)."""
+        m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
+        node = snap.gpu_node[gpus]
+        tier = np.where(snap.gpu_resident[gpus, m], 0, np.where(snap.node_disk[node, m], 1, 2))
+        start = np.maximum(snap.now, snap.gpu_free_at[gpus].astype(float))
+        start = np.where(tier == 1, np.maximum(start, snap.node_disk_ready_s[node, m]), start)
+        startup = np.array([0.0, self.load_s[m], self.fetch_s[m]])[tier]
+        per_step, fixed = np.empty(len(gpus)), np.empty(len(gpus))
+        speeds = snap.gpu_speed[gpus].astype(float)
+        links = [snap.node_link[n] for n in node.tolist()]
+        for speed, link in set(zip(speeds.tolist(), links)):
+            same = (speeds == speed) & np.array([lk == link for lk in links], dtype=bool)
+            per_step[same], fixed[same] = self.shape(m, px, speed, 1, link)
+        return start + (startup + fixed + steps * per_step)
 
     def _step_and_fixed(self, spec: catalog.ModelSpec, px: float, speed: float, k: int, link: str) -> tuple[float, float]:
         compute = _compute_s(spec, px) / speed

@@ -56,23 +56,56 @@ def test_cold_tiers_order_resident_disk_store() -> None:
     assert costs["store"] - costs["disk"] == pytest.approx(spec.size_gb / catalog.STORE_FETCH_GB_S)
 
 
+def _random_play(scenario: scenarios.Scenario, seed: int, decisions: int):  # type: ignore[no-untyped-def]
+    """Snapshots of the first ``decisions`` decision points of an episode a random policy plays."""
+    sim = engine.Simulator(scenario)
+    policy = base.make("random")
+    sim.reset(seed)
+    policy.reset(seed)
+    for _ in range(decisions):
+        if sim.done:
+            return
+        snap = sim.snapshot()
+        yield snap
+        sim.step(policy.decide(snap))
+
+
 @pytest.mark.parametrize("scenario", [scenarios.paper(mode="fixed-k", rate=0.1), scenarios.edge(n_nodes=8, n_jobs=120)], ids=["paper", "edge"])
 def test_candidates_are_priced_exactly_as_estimate(scenario: scenarios.Scenario) -> None:
-    sim = engine.Simulator(scenario)
     phys = physics.for_scenario(scenario.name)
-    policy = base.make("random")
-    sim.reset(1)
-    policy.reset(1)
     checked = 0
-    while not sim.done and checked < 200:
-        snap = sim.snapshot()
+    for snap in _random_play(scenario, 1, 10_000):
+        if checked >= 200:
+            break
         for j in range(min(snap.n_jobs, 3)):
             for p in phys.candidates(snap, j, 20):
                 assert p == phys.estimate(snap, j, p.gpus)
                 assert len(set(p.gpus)) == p.k
                 checked += 1
-        sim.step(policy.decide(snap))
     assert checked > 50
+
+
+@pytest.mark.parametrize("scenario", [
+    scenarios.paper(mode="fixed-k", rate=0.1),
+    scenarios.edge(n_nodes=8, n_jobs=120),
+    scenarios.edge(n_nodes=8, n_jobs=120, gpu_keeps_model=False),
+], ids=["paper", "edge", "edge-pods"])
+def test_finish_each_is_estimate_on_every_gpu_exactly(scenario: scenarios.Scenario) -> None:
+    phys = physics.for_scenario(scenario.name)
+    tiers, fetching = set(), 0
+    for snap in _random_play(scenario, 2, 150):
+        gpus = np.arange(snap.n_gpus)
+        for j in range(min(snap.n_jobs, 2)):
+            steps = int(snap.job_steps_min[j])
+            expected = [phys.estimate(snap, j, (int(g),)) for g in gpus]
+            assert phys.finish_each(snap, j, gpus, steps).tolist() == [p.finish_s(steps) for p in expected]
+            tiers |= {p.cache for p in expected}
+        if scenario.name == "edge":
+            fetching += int((snap.node_disk_ready_s > snap.now).sum())
+    if scenario.name == "paper":
+        assert tiers == {"warm", "cold"}
+    else:  # every cache tier, and model fetches still running into node disks
+        assert tiers == ({"resident"} if scenario.gpu_keeps_model else set()) | {"disk", "store"} and fetching > 0
 
 
 def test_engine_charges_what_physics_predicts() -> None:
