@@ -837,6 +837,8 @@ def main(
     if resume is not None and bc_weight > 0 and not (resume / DEMOS_FILE).exists():
         raise typer.BadParameter(f"bc-weight: {resume / DEMOS_FILE} is missing (the run had no warm start), "
                                  "so there is no clone loss to keep")
+    if resume is not None and not (resume / "args.json").exists():
+        raise typer.BadParameter(f"resume: {resume / 'args.json'} is missing: not a run directory")
     if (teacher_futures or teacher_horizon is not None or teacher_steps_factors is not None) and not (bc_policy or "").startswith(rollout.PREFIX):
         raise typer.BadParameter("teacher-futures, -horizon and -steps-factors shape a rollout: teacher; give --bc-policy rollout:<heuristic>")
     factors = rollout.STEPS_FACTORS if teacher_steps_factors is None else _positive_floats("teacher-steps-factors", teacher_steps_factors)
@@ -855,8 +857,25 @@ def main(
                 bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, workers=workers, out=out, resume=resume,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
                 target_entropy_frac=target_entropy_frac, actor_starts=actor_starts, kl_weight=kl_weight)
+    if resume is not None and (differ := resume_mismatches(resume, args)):
+        raise typer.BadParameter("resume: give the run's own options, they shape its networks: " + "; ".join(differ))
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")
+
+
+RESUME_MUST_MATCH = ("scenario", "variant", "hint", "residual", "step_bins", "d_model", "diffusion_steps")
+"""What a resumed run must share with the run: the networks' shapes and inputs, and the options
+they choose among (a residual actor has a plain actor's weights, so a mismatch there loads
+without an error and trains something else)."""
+
+
+def resume_mismatches(run_dir: Path, args: Args) -> list[str]:
+    """Each ``RESUME_MUST_MATCH`` option where ``args`` differs from the run's ``args.json``
+    (options the run predates read as their defaults)."""
+    saved = json.loads((run_dir / "args.json").read_text())
+    given, defaults = (json.loads(json.dumps(dataclasses.asdict(a), default=str)) for a in (args, Args()))
+    return [f"{key} is {saved.get(key, defaults[key])!r} in the run, {given[key]!r} here"
+            for key in RESUME_MUST_MATCH if saved.get(key, defaults[key]) != given[key]]
 
 
 def _positive_floats(option: str, text: str) -> tuple[float, ...]:

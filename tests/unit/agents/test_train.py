@@ -1,6 +1,7 @@
 """The real trainer for a few hundred steps, as cleanrl's tests run each script (and resume)."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -67,6 +68,25 @@ def test_resuming_with_a_clone_loss_needs_the_runs_demonstrations(tmp_path) -> N
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--bc-weight", "0.5", "--resume", str(tmp_path)],
                        capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
     assert r.returncode != 0 and "demos.npz is missing (the run had no warm start)" in r.stderr, r.stderr
+
+
+def test_resuming_refuses_options_that_change_the_runs_networks(tmp_path) -> None:
+    from eat_policy import train
+
+    run = train.Args(scenario="edge", hint="edf-cache-queue-fit", residual=True, bc_policy="edf-cache-queue-fit")
+    (tmp_path / "args.json").write_text(json.dumps(dataclasses.asdict(run), default=str))
+    r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--scenario", "edge", "--hint", "edf-cache-queue-fit",
+                        "--resume", str(tmp_path)], capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
+    assert r.returncode != 0 and "residual is True in the run, False here" in r.stderr, r.stderr
+    assert train.resume_mismatches(tmp_path, dataclasses.replace(run, seed=7, bc_weight=1.0)) == []
+    legacy = {k: v for k, v in json.loads((tmp_path / "args.json").read_text()).items() if k != "residual"}
+    (tmp_path / "args.json").write_text(json.dumps(legacy))  # a run from before residual actors
+    assert train.resume_mismatches(tmp_path, dataclasses.replace(run, residual=False)) == []
+    assert train.resume_mismatches(tmp_path, train.Args(scenario="edge")) == [
+        "hint is 'edf-cache-queue-fit' in the run, None here"]
+    r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--resume", str(tmp_path / "nowhere")],
+                       capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
+    assert r.returncode != 0 and "args.json is missing: not a run directory" in r.stderr, r.stderr
 
 
 def test_mixed_mode_trains_on_both_paper_modes_and_evaluates_each() -> None:
