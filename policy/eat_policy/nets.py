@@ -145,15 +145,24 @@ def only_the_proposal(snap: Snapshot, obs: features.Observation, proposal: Decis
     heuristic's placement and chooses how many steps to spend and when to hold back. Where the
     proposal is not among the feasible options (it always is for the cache-aware heuristics),
     every feasible option stays open."""
-    job_mask, k_mask, free = np.zeros_like(obs.job_mask), np.zeros_like(obs.k_mask), np.zeros_like(obs.free)
+    job_mask, k_mask, free, may_wait = narrow_to_proposal(snap, obs.job_mask, obs.k_mask, obs.free, obs.may_wait, proposal)
+    return dataclasses.replace(obs, job_mask=job_mask, k_mask=k_mask, free=free, may_wait=may_wait)
+
+
+def narrow_to_proposal(
+    snap: Snapshot, job_mask: np.ndarray, k_mask: np.ndarray, free: np.ndarray, may_wait: bool, proposal: Decision | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """``only_the_proposal`` on the masks alone (``features.masks``, ``features.may_wait``), for
+    the decisions a residual actor takes from a pass it reuses, which need no features."""
     if proposal is None:
-        return dataclasses.replace(obs, job_mask=job_mask, k_mask=k_mask, free=free, may_wait=True)
+        return np.zeros_like(job_mask), np.zeros_like(k_mask), np.zeros_like(free), True
     j, ki = proposal.job, features.K_VALUES.index(proposal.k)
     nodes = gpus_per_node(snap, proposal.gpus) > 0
-    if not (obs.job_mask[j] and obs.k_mask[j, ki] and (obs.free[j] > 0)[nodes].all()):
-        return obs
-    job_mask[j], k_mask[j, ki], free[j, nodes] = True, True, obs.free[j, nodes]
-    return dataclasses.replace(obs, job_mask=job_mask, k_mask=k_mask, free=free)
+    if not (job_mask[j] and k_mask[j, ki] and (free[j] > 0)[nodes].all()):
+        return job_mask, k_mask, free, may_wait
+    only_job, only_k, only_free = np.zeros_like(job_mask), np.zeros_like(k_mask), np.zeros_like(free)
+    only_job[j], only_k[j, ki], only_free[j, nodes] = True, True, free[j, nodes]
+    return only_job, only_k, only_free, may_wait
 
 
 def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

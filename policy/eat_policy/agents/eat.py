@@ -144,17 +144,17 @@ class Instant:
         """The best option open in ``snap``: those of ``obs`` (``nets.observe``, unpadded) for the
         snapshot the pass encoded, else re-masked from the snapshot."""
         rows = [self.row_of[int(i)] for i in snap.job_id]
-        if obs is None and self.residual_hint is not None:
-            obs = nets.observe(snap, hint=self.residual_hint, residual=True)
-        if obs is None:
-            job_mask, k_mask, free = nets.features.masks(snap)
-            may_wait = torch.tensor([nets.features.may_wait(snap, bool(job_mask.any()))])
+        if obs is not None:
+            job_mask, k_mask, free, may_wait = obs["job_mask"], obs["k_mask"], obs["free"], bool(obs["may_wait"][0])
         else:
-            job_mask, k_mask, free = obs["job_mask"], obs["k_mask"], obs["free"]
-            may_wait = torch.from_numpy(obs["may_wait"])
+            job_mask, k_mask, free = nets.features.masks(snap)
+            may_wait = nets.features.may_wait(snap, bool(job_mask.any()))
+            if self.residual_hint is not None:
+                job_mask, k_mask, free, may_wait = nets.narrow_to_proposal(
+                    snap, job_mask, k_mask, free, may_wait, self.residual_hint(snap))
         mask = torch.from_numpy(job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None])
         bins = self.u.shape[-1]
-        index = nets.greedy_option(self.u[rows], self.v[rows], self.w, mask, may_wait)
+        index = nets.greedy_option(self.u[rows], self.v[rows], self.w, mask, torch.tensor([may_wait]))
         option = nets.decode(index, snap.n_jobs, snap.n_nodes, bins)
         if option is None:
             return None
