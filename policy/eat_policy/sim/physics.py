@@ -167,6 +167,15 @@ def _compute_s(spec: catalog.ModelSpec, pixels: float) -> float:
     return spec.step_s(pixels, 1.0) - spec.t_floor_s
 
 
+def _with_cache(snap: Snapshot, m: int, gpus: np.ndarray, ready: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ``gpus`` free at ``ready``: when each can launch model m (a fetch into its node's disk
+    may still be running: its pod waits for it) and the model's cache tier there (0 resident,
+    1 node disk, 2 model store), as ``estimate`` prices them."""
+    node = snap.gpu_node[gpus]
+    tier = np.where(snap.gpu_resident[gpus, m], 0, np.where(snap.node_disk[node, m], 1, 2))
+    return np.where(tier == 1, np.maximum(ready, snap.node_disk_ready_s[node, m]), ready), tier
+
+
 @dataclasses.dataclass(frozen=True)
 class Readiness:
     """When each GPU could serve one model: the part of a candidate search that does not
@@ -223,16 +232,13 @@ class EdgePhysics:
         """(len(gpus),) when job j would finish alone on each GPU: ``estimate(snap, j, (g,))``'s
         finish, vectorised (the ``-fit`` heuristics ask it for every idle GPU at each decision)."""
         m, px = int(snap.job_model[j]), float(snap.job_pixels[j])
-        node = snap.gpu_node[gpus]
-        tier = np.where(snap.gpu_resident[gpus, m], 0, np.where(snap.node_disk[node, m], 1, 2))
-        start = np.maximum(snap.now, snap.gpu_free_at[gpus].astype(float))
-        start = np.where(tier == 1, np.maximum(start, snap.node_disk_ready_s[node, m]), start)
+        start, tier = _with_cache(snap, m, gpus, np.maximum(snap.now, snap.gpu_free_at[gpus].astype(float)))
         startup = np.array([0.0, self.load_s[m], self.fetch_s[m]])[tier]
         per_step, fixed = np.empty(len(gpus)), np.empty(len(gpus))
         speeds = snap.gpu_speed[gpus].astype(float)
-        links = [snap.node_link[n] for n in node.tolist()]
-        for speed, link in set(zip(speeds.tolist(), links)):
-            same = (speeds == speed) & np.array([lk == link for lk in links], dtype=bool)
+        links = np.asarray(snap.node_link)[snap.gpu_node[gpus]]
+        for speed, link in set(zip(speeds.tolist(), links.tolist())):
+            same = (speeds == speed) & (links == link)
             per_step[same], fixed[same] = self.shape(m, px, speed, 1, link)
         return start + (startup + fixed + steps * per_step)
 
@@ -263,9 +269,7 @@ class EdgePhysics:
         """The part of ``candidates`` that depends on the model only, shared by its jobs."""
         spec = self.models[m]
         too_small = snap.node_gpu_mem_gb[snap.gpu_node] < spec.vram_gb
-        ready = _ready_times(snap, idle_only, exclude, too_small)
-        tier = np.where(snap.gpu_resident[:, m], 0, np.where(snap.node_disk[snap.gpu_node, m], 1, 2))
-        ready = np.where(tier == 1, np.maximum(ready, snap.node_disk_ready_s[snap.gpu_node, m]), ready)
+        ready, tier = _with_cache(snap, m, np.arange(snap.n_gpus), _ready_times(snap, idle_only, exclude, too_small))
         load = np.array([0.0, self.load_s[m], self.fetch_s[m]])
         g = snap.n_gpus
         begin = np.empty(g + 1)
