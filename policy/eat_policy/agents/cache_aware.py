@@ -121,8 +121,8 @@ class Planner:
         if kernel.numba is None:
             return plan_simply(snap, [int(j) for j in jobs], self.phys, self.default_steps)
         t = self.tables
-        if t is None or not t.matches(snap):
-            t = self.tables = _Tables(snap, self.phys)
+        if t is None or len(t.kind_key) >= MAX_KINDS or not t.matches(snap):
+            t = self.tables = _tables_for(snap, self.phys)
         window = np.asarray(jobs, dtype=np.int64)
         while True:
             p, k, node, launch, worst = kernel.plan(
@@ -222,6 +222,22 @@ class _Tables:
         self.single_fixed = np.concatenate([self.single_fixed, single_fixed])
         self.cross_per_step = np.concatenate([self.cross_per_step, cross_per_step])
         self.cross_fixed = np.concatenate([self.cross_fixed, cross_fixed])
+
+
+MAX_KINDS = 256
+"""Kinds a table holds before a fresh one replaces it (the kernel scans them for each job)."""
+_recent_tables: list[_Tables] = []
+"""Tables of the last few layouts, shared by planners: the service makes a fresh planner with
+each request (``reset``), and building a layout's tables again cost ~2 ms of a 30 ms plan."""
+
+
+def _tables_for(snap: Snapshot, phys: physics.EdgePhysics) -> _Tables:
+    for t in reversed(_recent_tables):
+        if t.phys.models is phys.models and len(t.kind_key) < MAX_KINDS and t.matches(snap):
+            return t
+    t = _Tables(snap, phys)
+    _recent_tables[:] = [*_recent_tables[-3:], t]
+    return t
 
 
 def _layout(snap: Snapshot) -> tuple[object, ...]:

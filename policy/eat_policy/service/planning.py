@@ -162,11 +162,11 @@ def to_decisions(planned: requests.Planned, plan: Plan) -> list[api.JobDecision]
     job_names = {int(i): planned.jobs[row].id for row, i in enumerate(snap.job_id)}
     out = []
     done = {d.row: d for d in plan.dispatches}
+    reasons = wait_reasons(plan.after)
     for row, job in enumerate(planned.jobs):
         d = done.get(row)
         if d is None:
-            left = plan.rows_left.index(row)
-            out.append(api.JobDecision(job=job.id, action="wait", reason=_wait_reason(plan.after, left)))
+            out.append(api.JobDecision(job=job.id, action="wait", reason=reasons[plan.rows_left.index(row)]))
             continue
         steps = d.decision.steps
         out.append(api.JobDecision(
@@ -181,10 +181,16 @@ def to_decisions(planned: requests.Planned, plan: Plan) -> list[api.JobDecision]
     return out
 
 
-def _wait_reason(snap: Snapshot, row: int) -> str:
+def wait_reasons(snap: Snapshot) -> list[str]:
+    """Why each job left in ``snap`` waits: no idle GPU at all, no GPU able to run its model
+    (memory, nodes not ready), or held by the policy. One readiness per model, not a candidate
+    search per job."""
     if not snap.idle_gpus().size:
-        return "no idle GPU"
-    options = _physics.candidates(snap, row, int(snap.job_steps_max[row]))
-    if not options:
-        return "no GPU can run this model now (memory or nodes not ready)"
-    return "held: other jobs first, or waiting for warm GPUs is predicted to finish sooner"
+        return ["no idle GPU"] * snap.n_jobs
+    readiness = {m: _physics.readiness(snap, m) for m in set(snap.job_model.tolist())}
+    return [HELD if _physics.can_place(snap, j, readiness[int(snap.job_model[j])]) else NO_GPU_FOR_MODEL
+            for j in range(snap.n_jobs)]
+
+
+NO_GPU_FOR_MODEL = "no GPU can run this model now (memory or nodes not ready)"
+HELD = "held: other jobs first, or waiting for warm GPUs is predicted to finish sooner"

@@ -297,6 +297,13 @@ class EdgePhysics:
                 out[k] = steps * (spec.t_floor_s + compute / sp)
         return out
 
+    @staticmethod
+    def can_place(snap: Snapshot, j: int, r: Readiness) -> bool:
+        """Whether ``search`` finds any placement for job j: some allowed k within the usable
+        GPUs (k of them on one node give a single-node gang, spread over nodes a cross-node one),
+        without pricing any."""
+        return any(k <= r.usable for k in snap.allowed_k(j))
+
     def search(self, snap: Snapshot, j: int, steps: int, r: Readiness) -> list[Placement]:
         """``candidates`` from a readiness of the job's model."""
         m, px = int(snap.job_model[j]), float(snap.job_pixels[j])

@@ -295,16 +295,20 @@ def test_greedy_decides_wait_or_dispatch_first_then_the_best_dispatch() -> None:
     assert nets.greedy_index(torch.tensor([0.0])) == 0  # nothing to dispatch
 
 
-@pytest.mark.parametrize("case", range(40))
+@pytest.mark.parametrize("case", range(48))
 def test_greedy_option_is_the_greedy_index_of_the_joint(case: int) -> None:
     g = torch.Generator().manual_seed(case)
     j, n, bins = 1 + case % 5, 1 + case % 7, 2 + case % 3
     u, v = torch.randn(j, nets.N_K, bins, generator=g) * 3, torch.randn(j, n, nets.N_K, generator=g) * 3
     mask = torch.rand(j, n, nets.N_K, generator=g) < (0.0 if case % 10 == 0 else 0.4)
-    # wait just below or above the dispatches' total mass, or far off; sometimes not allowed
-    dispatch_mass = float((u[:, None, :, :] + v[..., None])[mask].logsumexp((0, 1))) if mask.any() else 0.0
-    w = torch.tensor([dispatch_mass + (-5.0, -0.05, 0.05, 5.0)[case % 4]])
-    may_wait = torch.tensor([case % 3 != 0])
+    # wait just below or above the dispatches' total mass or their best option's, or far off;
+    # sometimes not allowed
+    options = (u[:, None, :, :] + v[..., None])[mask]
+    dispatch_mass = float(options.logsumexp((0, 1))) if mask.any() else 0.0
+    best_option = float(options.max()) if mask.any() else 0.0
+    w = torch.tensor([(dispatch_mass - 5.0, dispatch_mass - 0.05, dispatch_mass + 0.05, dispatch_mass + 5.0,
+                       best_option - 1e-3, best_option + 1e-3)[case % 6]])
+    may_wait = torch.tensor([(case // 6) % 4 != 0])
     joint = nets.joint_log_probs(u[None], v[None], w, mask[None], may_wait)[0]
     assert nets.greedy_option(u, v, w, mask, may_wait) == nets.greedy_index(joint)
 

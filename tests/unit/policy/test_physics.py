@@ -108,6 +108,22 @@ def test_finish_each_is_estimate_on_every_gpu_exactly(scenario: scenarios.Scenar
         assert tiers == ({"resident"} if scenario.gpu_keeps_model else set()) | {"disk", "store"} and fetching > 0
 
 
+@pytest.mark.parametrize("gpu_keeps_model", [True, False])
+def test_can_place_says_whether_candidates_finds_any(gpu_keeps_model: bool) -> None:
+    phys = physics.EdgePhysics()
+    rng = np.random.default_rng(0)
+    seen = []
+    for snap in _random_play(scenarios.edge(n_nodes=4, n_jobs=80, gpu_keeps_model=gpu_keeps_model), 2, 120):
+        excluded = rng.random(snap.n_gpus) < rng.choice([0.0, 0.7, 0.95])  # few usable GPUs: big gangs cannot fit
+        idle_only = bool(rng.integers(2))
+        for j in range(snap.n_jobs):
+            r = phys.readiness(snap, int(snap.job_model[j]), idle_only, excluded)
+            found = bool(phys.candidates(snap, j, int(snap.job_steps_min[j]), idle_only, excluded))
+            assert phys.can_place(snap, j, r) == found
+            seen.append(found)
+    assert any(seen) and not all(seen)
+
+
 def test_engine_charges_what_physics_predicts() -> None:
     sim = _edge_sim(seed=3)
     snap = sim.snapshot()

@@ -151,3 +151,27 @@ def test_a_copy_of_the_cluster_reuses_the_tables_and_then_takes_the_identity_che
     planner.decide(twin.snapshot(), window)
     assert planner.tables is tables  # equal layout: not rebuilt
     assert all(a is b for a, b in zip(cache_aware._layout(twin.snapshot()), tables.layout))
+
+
+def test_fresh_planners_share_a_layouts_tables_until_they_fill(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The service plans each request with a freshly reset policy, hence a fresh planner.
+    sims = []
+    for n_nodes in (4, 5):
+        sim = engine.Simulator(scenarios.edge(n_nodes=n_nodes, n_jobs=20))
+        sim.reset(3)
+        sims.append(sim)
+    window = list(range(sims[0].snapshot().n_jobs))
+    first = cache_aware.Planner()
+    decision = first.decide(sims[0].snapshot(), window)
+    kinds = len(first.tables.kind_key)
+    assert kinds > 0
+    again = cache_aware.Planner()
+    assert again.decide(sims[0].snapshot(), window) == decision
+    assert again.tables is first.tables and len(again.tables.kind_key) == kinds  # nothing tabled twice
+    other = cache_aware.Planner()
+    other.decide(sims[1].snapshot(), list(range(sims[1].snapshot().n_jobs)))
+    assert other.tables is not first.tables  # another cluster, its own tables
+    monkeypatch.setattr(cache_aware, "MAX_KINDS", kinds)
+    full = cache_aware.Planner()
+    assert full.decide(sims[0].snapshot(), window) == decision
+    assert full.tables is not first.tables  # a full table is replaced, not scanned forever

@@ -57,6 +57,15 @@ def test_a_gpu_past_its_expected_release_is_still_busy(client) -> None:  # type:
     assert body["decisions"][0]["action"] == "wait"
 
 
+def test_a_job_no_idle_gpu_set_can_run_says_so(client) -> None:  # type: ignore[no-untyped-def]
+    jobs = [make_job(id="ns/four-patches", patches=4, age_s=5), make_job(id="ns/small", age_s=1)]
+    body = plan(client, jobs, [make_node(n) for n in ("a", "b", "c")])
+    by_job = {d["job"]: d for d in body["decisions"]}
+    assert by_job["ns/small"]["action"] == "dispatch"
+    assert by_job["ns/four-patches"]["action"] == "wait"
+    assert by_job["ns/four-patches"]["reason"] == "no GPU can run this model now (memory or nodes not ready)"
+
+
 def test_empty_node_list_holds_every_job(client) -> None:  # type: ignore[no-untyped-def]
     body = plan(client, [make_job()], [])
     assert body["decisions"][0]["action"] == "wait" and "no idle GPU" in body["decisions"][0]["reason"]
