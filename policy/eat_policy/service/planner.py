@@ -97,7 +97,8 @@ class Planner:
     def _decide(self, planned: requests.Planned) -> tuple[planning.Plan, api.PolicyInfo]:
         if self.learned is not None:
             try:
-                plan = planning.plan_snapshot(planned.snapshot, self.learned, strict=True)
+                plan = planning.plan_snapshot(planned.snapshot, self.learned, strict=True,
+                                              gpu_keeps_model=self.settings.gpu_keeps_model)
                 return plan, api.PolicyInfo(name=self.learned.name, version=self.learned_version)
             except planning.PolicyFailed as e:
                 reason, why = ("infeasible" if "infeasible" in str(e) else "inference_error"), str(e)
@@ -105,5 +106,6 @@ class Planner:
         else:
             reason, why = ("no_checkpoint" if self.settings.checkpoint is None else "load_error"), self.load_error
         telemetry.fallbacks.labels(reason).inc()
-        plan = planning.plan_snapshot(planned.snapshot, self.fallback, strict=False)
+        plan = planning.plan_snapshot(planned.snapshot, self.fallback, strict=False,
+                                      gpu_keeps_model=self.settings.gpu_keeps_model)
         return plan, api.PolicyInfo(name=self.fallback.name, version="heuristic", fallback=True, fallback_reason=why)

@@ -45,8 +45,9 @@ class Plan:
     """Original row of each job left in ``after``."""
 
 
-def plan_snapshot(snap: Snapshot, policy: base.Policy, strict: bool) -> Plan:
-    """Dispatches for one instant. ``strict``: raise PolicyFailed on an infeasible decision."""
+def plan_snapshot(snap: Snapshot, policy: base.Policy, strict: bool, gpu_keeps_model: bool = False) -> Plan:
+    """Dispatches for one instant. ``strict``: raise PolicyFailed on an infeasible decision.
+    ``gpu_keeps_model``: a dispatch leaves its model resident on its GPUs (a warm pool)."""
     out: list[Dispatch] = []
     rows = list(range(snap.n_jobs))  # original row of each job still queued
     policy.reset(0)
@@ -67,7 +68,7 @@ def plan_snapshot(snap: Snapshot, policy: base.Policy, strict: bool) -> Plan:
         placement = _physics.estimate(snap, d.job, d.gpus)
         attention = getattr(policy, "attention", None)
         out.append(Dispatch(rows[d.job], d, placement, attention(int(snap.job_id[d.job])) if attention else None))
-        snap = _apply(snap, d, placement)
+        snap = _apply(snap, d, placement, gpu_keeps_model)
         del rows[d.job]
     return Plan(out, snap, rows)
 
@@ -88,15 +89,15 @@ def infeasible(snap: Snapshot, d: Decision) -> str | None:
     return None
 
 
-def _apply(snap: Snapshot, d: Decision, p: physics.Placement) -> Snapshot:
-    """The snapshot after dispatching d: its GPUs busy, its model warm there (on the disk of its
-    nodes once their download ends), its job gone."""
+def _apply(snap: Snapshot, d: Decision, p: physics.Placement, gpu_keeps_model: bool) -> Snapshot:
+    """The snapshot after dispatching d: its GPUs busy, its model on the disk of its nodes once
+    their download ends (and resident on its GPUs if they keep it), its job gone."""
     gpus = list(d.gpus)
     m = int(snap.job_model[d.job])
     free_at, resident, disk, util = snap.gpu_free_at.copy(), snap.gpu_resident.copy(), snap.node_disk.copy(), snap.gpu_util.copy()
     disk_ready = snap.node_disk_ready_s.copy()
     free_at[gpus] = p.finish_s(d.steps)
-    resident[gpus, m] = True
+    resident[gpus, m] |= gpu_keeps_model
     nodes = np.unique(snap.gpu_node[gpus])
     fetching = nodes[~disk[nodes, m]]
     disk_ready[fetching, m] = p.start_s + _physics.download_s[m]

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     busy_guess_s: float = Field(default=30.0, gt=0)
     """When a busy GPU's release time is unknown, assume it frees this far ahead (0 would read
     busy GPUs as idle)."""
+    gpu_keeps_model: bool = False
+    """Whether a GPU keeps a job's model loaded once the job ends (a warm pool of inference
+    workers). The operator runs one pod per job rank and the model leaves GPU memory with it, so
+    by default a dispatch warms its nodes' disks, not its GPUs, as in the physics ``eat-edge-pods``
+    is trained on (``--no-gpu-keeps-model``). A node's ``resident_models`` count either way."""
     reuse: int = Field(default=32, ge=1, le=1024)
     """Dispatches taken from one pass of the learned policy at the same instant before it runs
     again (1: a fresh pass per dispatch). Bounds request latency; see the README for its cost."""

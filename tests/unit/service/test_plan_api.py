@@ -179,6 +179,25 @@ def test_the_policy_chooses_only_patch_counts_the_image_splits_into(client) -> N
     assert body["decisions"][0]["action"] == "dispatch" and body["decisions"][0]["patches"] <= 4
 
 
+@pytest.mark.parametrize("gpu_keeps_model", [False, True])
+def test_a_plan_counts_on_a_model_staying_on_a_gpu_only_where_gpus_keep_it(client_with, gpu_keeps_model: bool) -> None:  # type: ignore[no-untyped-def]
+    """The operator's pods take the model out of GPU memory when the job ends: the A100 that
+    runs the first sd15 job is not warm for the second, so that one takes the idle L4 now. A warm
+    pool (``gpu_keeps_model``) keeps it there: the second waits for the warm A100, and the L4
+    goes to the sdxl job."""
+    client = client_with(gpu_keeps_model=gpu_keeps_model)
+    sdxl = {"model": "sdxl", "width": 1024, "height": 1024, "steps_min": 15, "steps_max": 40}
+    jobs = [make_job(id="ns/sd15-first", age_s=9, deadline_s=18.9, max_patches=1),
+            make_job(id="ns/sdxl", age_s=8, deadline_s=33.5, max_patches=1, **sdxl),
+            make_job(id="ns/sd15-second", age_s=7, deadline_s=24.0, max_patches=1)]
+    body = plan(client, jobs, [make_node("a100"), make_node("l4", product="NVIDIA-L4")])
+    placed = {d["job"]: d["nodes"] for d in body["decisions"] if d["action"] == "dispatch"}
+    if gpu_keeps_model:
+        assert placed == {"ns/sd15-first": ["a100"], "ns/sdxl": ["l4"]}
+    else:
+        assert placed == {"ns/sd15-first": ["a100"], "ns/sd15-second": ["l4"]}
+
+
 def test_a_second_job_of_a_model_being_fetched_waits_for_the_download() -> None:
     """One plan, one node, two jobs of a model no node has: the first fetches it from the store;
     the second, on the node's other GPU, loads it from disk once that download is complete (the
