@@ -246,6 +246,24 @@ def test_reuse_1_is_one_actor_pass_per_decision_and_matches_act(small_edge: scen
         sim.step(d)
 
 
+def test_jobs_without_an_open_option_are_left_out_of_the_ranking_not_out_of_place() -> None:
+    scenario = scenarios.edge(n_nodes=4, load=0.9, n_jobs=40, initial_queue=12)
+    actor = make_actor()
+    moved = 0
+    for seed in range(6):
+        snap = _snapshot(scenario, seed)
+        closed = np.arange(snap.n_jobs) % 3 == 0  # these ask for 3 patches: no k is allowed
+        snap = dataclasses.replace(snap, job_k=np.where(closed, 3, snap.job_k))
+        assert not nets.features.masks(snap)[0][closed].any()
+        policy = eat_agent.LearnedPolicy("eat", actor=actor)
+        policy.reset(seed)
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0xEA7]).generate_state(1)[0]))
+        expected = eat_agent.act(actor, snap, gen)[0]
+        assert policy.decide(snap) == expected  # the full joint's greedy choice
+        moved += expected is not None and bool(closed[: expected.job].any())
+    assert moved  # some choices sit behind closed jobs: their rows map back
+
+
 def test_reuse_takes_several_dispatches_of_one_instant_from_one_pass() -> None:
     scenario = scenarios.edge(n_nodes=12, load=0.9, n_jobs=80, initial_queue=40)
     snap = _snapshot(scenario, warm_steps=0)
