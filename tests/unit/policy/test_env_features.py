@@ -100,3 +100,11 @@ def test_observation_is_a_pure_function_of_the_snapshot() -> None:
     a, b = features.featurize(sim.snapshot()), features.featurize(sim.snapshot())
     for field in ("nodes", "jobs", "pairs", "global_", "job_mask", "k_mask", "free"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_the_k_mask_offers_only_the_scenarios_patch_counts() -> None:
+    sim = engine.Simulator(scenarios.edge(n_nodes=6, n_jobs=40, initial_queue=20, k_choices=(1, 2)))
+    sim.reset(0)
+    _, k_mask, _ = features.masks(sim.snapshot())
+    two, four, eight = (features.K_VALUES.index(k) for k in (2, 4, 8))
+    assert k_mask[:, two].any() and not k_mask[:, [four, eight]].any()
