@@ -163,11 +163,11 @@ def to_decisions(planned: requests.Planned, plan: Plan) -> list[api.JobDecision]
     job_names = {int(i): planned.jobs[row].id for row, i in enumerate(snap.job_id)}
     out = []
     done = {d.row: d for d in plan.dispatches}
-    reasons = wait_reasons(plan.after)
+    waiting = dict(zip(plan.rows_left, wait_reasons(plan.after)))
     for row, job in enumerate(planned.jobs):
         d = done.get(row)
         if d is None:
-            out.append(api.JobDecision(job=job.id, action="wait", reason=reasons[plan.rows_left.index(row)]))
+            out.append(api.JobDecision(job=job.id, action="wait", reason=waiting[row]))
             continue
         steps = d.decision.steps
         out.append(api.JobDecision(
@@ -182,6 +182,10 @@ def to_decisions(planned: requests.Planned, plan: Plan) -> list[api.JobDecision]
     return out
 
 
+NO_GPU_FOR_MODEL = "no GPU can run this model now (memory or nodes not ready)"
+HELD = "held: other jobs first, or waiting for warm GPUs is predicted to finish sooner"
+
+
 def wait_reasons(snap: Snapshot) -> list[str]:
     """Why each job left in ``snap`` waits: no idle GPU at all, no GPU able to run its model
     (memory, nodes not ready), or held by the policy. One readiness per model, not a candidate
@@ -192,6 +196,3 @@ def wait_reasons(snap: Snapshot) -> list[str]:
     return [HELD if _physics.can_place(snap, j, readiness[int(snap.job_model[j])]) else NO_GPU_FOR_MODEL
             for j in range(snap.n_jobs)]
 
-
-NO_GPU_FOR_MODEL = "no GPU can run this model now (memory or nodes not ready)"
-HELD = "held: other jobs first, or waiting for warm GPUs is predicted to finish sooner"
