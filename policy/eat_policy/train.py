@@ -36,6 +36,7 @@ import itertools
 import json
 import math
 import multiprocessing
+import pickle
 import random
 import time
 from pathlib import Path
@@ -154,6 +155,9 @@ class Args:
     """Parent folder of the run directory ``scenario__variant__seed__time``."""
     resume: Optional[Path] = None
     """Run directory to resume from (its ``state.pt``); the replay buffer is refilled."""
+    init: Optional[Path] = None
+    """A policy checkpoint (e.g. a shipped one) to start the actor from instead of a warm start:
+    SAC fine-tunes it, with fresh critics (``actor_starts`` lets them learn its returns first)."""
     export: Optional[Path] = None
     """Copy the best policy checkpoint here at the end (e.g. eat_policy/checkpoints/eat-paper.pt)."""
     # the scenario's DEFAULTS where None (an explicit value, 0 included, is kept)
@@ -399,9 +403,8 @@ def train(args: Args) -> Path:
     (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), default=str, indent=1))
 
     # ALGO LOGIC: networks, targets, optimisers, entropy temperature
-    train_nodes = make_scenario(args, args.points[0]).n_nodes
-    actor = nets.Actor(args.variant, args.d_model, diffusion_steps=args.diffusion_steps, step_bins=args.step_bins,
-                       hint=args.hint, train_nodes=train_nodes, residual=args.residual)
+    actor = new_actor(args)
+    train_nodes = actor.encoder.train_nodes
     qf1, qf2 = (nets.Critic(args.variant, args.d_model, step_bins=args.step_bins, hint=bool(args.hint),
                             train_nodes=train_nodes) for _ in range(2))
     qf1_target, qf2_target = copy.deepcopy(qf1), copy.deepcopy(qf2)
@@ -420,6 +423,8 @@ def train(args: Args) -> Path:
             log_alpha.copy_(state["log_alpha"])
         global_step, best = int(state["global_step"]), float(state["best"])
         rng = np.random.default_rng([args.seed, global_step])
+    elif args.init:
+        load_init(actor, args.init)
 
     env = make_env(args, rng)
     env.reset(seed=1_000_000 + int(rng.integers(2**30)))
@@ -458,7 +463,7 @@ def train(args: Args) -> Path:
             with torch.no_grad():
                 u, v, w = actor(o)
                 logp = nets.joint_log_probs(u, v, w, mask, o["may_wait"])[0]
-            if global_step - start_step < args.learning_starts and not args.bc_policy and not args.resume:
+            if global_step - start_step < args.learning_starts and not (args.bc_policy or args.resume or args.init):
                 feasible = torch.cat([o["may_wait"][0], mask[0].flatten().repeat_interleave(args.step_bins)])
                 index = int(torch.multinomial(feasible.float(), 1))
             else:
@@ -499,7 +504,7 @@ def train(args: Args) -> Path:
                     writer.add_scalar("charts/SPS", (global_step - start_step) / (time.time() - start_wall), global_step)
 
             out_of_time = (time.time() - start_wall) / 60 > args.max_minutes
-            first = global_step == start_step + 1 and bool(args.bc_policy) and not args.resume
+            first = global_step == start_step + 1 and bool(args.bc_policy or args.init) and not args.resume
             if global_step % args.eval_every == 0 or out_of_time or global_step >= args.total_timesteps or first:
                 ev = greedy_eval(actor, args)
                 log.writerow(["eval", global_step, round(time.time() - start_wall, 1), ev["return"], ev["resp_mean_s"],
@@ -592,6 +597,26 @@ def sac_update(args: Args, global_step: int, rb: ReplayBuffer, rng: np.random.Ge
             for p_, tp in zip(net.parameters(), target_net.parameters()):
                 tp.mul_(1 - args.tau).add_(args.tau * p_)
     return out
+
+
+def new_actor(args: Args) -> nets.Actor:
+    """An untrained actor for the run: its networks, inputs and the cluster size it trains on."""
+    return nets.Actor(args.variant, args.d_model, diffusion_steps=args.diffusion_steps, step_bins=args.step_bins,
+                      hint=args.hint, train_nodes=make_scenario(args, args.points[0]).n_nodes, residual=args.residual)
+
+
+def load_init(actor: nets.Actor, path: Path) -> None:
+    """``actor`` takes the weights of the policy checkpoint at ``path``, which must have been
+    trained with the same networks and inputs (the same ``nets.config_of``)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        theirs = nets.config_of(nets.actor_from_config(blob["config"]))
+    except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
+        raise ValueError(f"init: {path} is not a policy checkpoint ({type(e).__name__})") from e
+    ours = nets.config_of(actor)
+    if differ := [f"{k} is {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]:
+        raise ValueError(f"init: {path} has other networks or inputs: " + "; ".join(differ))
+    actor.load_state_dict(blob["actor"])
 
 
 def frozen(actor: nets.Actor) -> nets.Actor:
@@ -807,6 +832,8 @@ def main(
     workers: Annotated[int, typer.Option(help="Processes that play and label the warm start's episodes (1: in this process).")] = 1,
     out: Path = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(help="Run directory to resume.")] = None,
+    init: Annotated[Optional[Path], typer.Option(
+        help="Policy checkpoint to start the actor from (SAC fine-tunes it; no warm start).")] = None,
     export: Annotated[Optional[Path], typer.Option(help="Copy the best policy checkpoint here.")] = None,
 ) -> None:
     """Train with SAC; writes log.csv, curve.png, state.pt (resume) and policy.pt (serving)."""
@@ -837,6 +864,11 @@ def main(
     if resume is not None and bc_weight > 0 and not (resume / DEMOS_FILE).exists():
         raise typer.BadParameter(f"bc-weight: {resume / DEMOS_FILE} is missing (the run had no warm start), "
                                  "so there is no clone loss to keep")
+    if init is not None and (resume is not None or bc_policy is not None or bc_weight > 0):
+        raise typer.BadParameter("init starts from a trained policy: it takes no --resume, --bc-policy or --bc-weight "
+                                 "(use --kl-weight to hold SAC near it)")
+    if init is not None and not init.is_file():
+        raise typer.BadParameter(f"init: {init} is not a file")
     if resume is not None and not (resume / "args.json").exists():
         raise typer.BadParameter(f"resume: {resume / 'args.json'} is missing: not a run directory")
     if (teacher_futures or teacher_horizon is not None or teacher_steps_factors is not None) and not (bc_policy or "").startswith(rollout.PREFIX):
@@ -854,9 +886,14 @@ def main(
                 max_minutes=max_minutes, nodes=nodes, mode=mode, gpu_keeps_model=gpu_keeps_model, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, residual=residual, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 teacher_futures=teacher_futures, teacher_horizon_s=teacher_horizon, teacher_steps_factors=factors,
-                bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, workers=workers, out=out, resume=resume,
+                bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, workers=workers, out=out, resume=resume, init=init,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
                 target_entropy_frac=target_entropy_frac, actor_starts=actor_starts, kl_weight=kl_weight)
+    if init is not None:
+        try:
+            load_init(new_actor(args), init)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
     if resume is not None and (differ := resume_mismatches(resume, args)):
         raise typer.BadParameter("resume: give the run's own options, they shape its networks: " + "; ".join(differ))
     run_dir = train(args)

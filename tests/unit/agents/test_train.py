@@ -433,3 +433,41 @@ def test_a_residual_run_labels_and_takes_only_its_hints_options() -> None:
 def test_cli_refuses_a_residual_run_without_its_hints_teacher(extra: list[str]) -> None:
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--residual", *extra], capture_output=True, text=True)
     assert r.returncode != 0 and "residual: give --hint" in r.stderr, r.stderr
+
+
+def test_a_run_started_from_a_policy_keeps_it_until_sac_improves_on_it(tmp_path) -> None:
+    from eat_policy import nets, train
+
+    torch.manual_seed(123)
+    args = train.Args(scenario="paper", total_timesteps=3, learning_starts=1000, eval_every=1000, eval_seeds=1,
+                      out=tmp_path / "runs", init=tmp_path / "start.pt")
+    start = train.new_actor(args)
+    train.save_policy(start, tmp_path / "start.pt")
+    run_dir = train.train(args)
+    # the run acts and is evaluated as the given policy from its first step: no update has run,
+    # so its best (and only) evaluated policy is the one it started from, not a fresh actor
+    best = eat_agent.load_actor(run_dir / "policy.pt")
+    for key, value in start.state_dict().items():
+        assert torch.equal(best.state_dict()[key], value), key
+    rows = list(csv.DictReader((run_dir / "log.csv").open()))
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == ["1", "3"]
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    (["--bc-policy", "cache-lct"], "init starts from a trained policy: it takes no --resume, --bc-policy or --bc-weight"),
+    (["--kl-weight", "1", "--bc-weight", "0.5"], "init starts from a trained policy"),
+    (["--scenario", "edge"], "has other networks or inputs: hint is 'edf-cache-queue-fit' there, None here"),
+])
+def test_cli_refuses_an_init_policy_it_cannot_start_from(extra: list[str], error: str) -> None:
+    shipped = eat_agent.CHECKPOINTS / "eat-edge-pods.pt"
+    r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--init", str(shipped), *extra],
+                       capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
+    assert r.returncode != 0 and error in r.stderr, r.stderr
+
+
+def test_cli_refuses_an_init_path_that_is_not_a_policy(tmp_path) -> None:
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    for path, error in ((tmp_path / "missing.pt", "is not a file"), (tmp_path / "notes.pt", "is not a policy checkpoint (UnpicklingError)")):
+        r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--init", str(path)],
+                           capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
+        assert r.returncode != 0 and error in r.stderr and "Traceback" not in r.stderr, r.stderr
