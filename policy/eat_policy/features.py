@@ -59,10 +59,12 @@ def featurize(snap: Snapshot) -> Observation:
     )
 
 
-def masks(snap: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Only the feasibility part of ``featurize``: (job_mask, k_mask, free)."""
-    free = _free_per_job(snap)
-    k_mask = _k_mask(snap, free)
+def masks(snap: Snapshot, jobs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Only the feasibility part of ``featurize``: (job_mask, k_mask, free), of the rows ``jobs``
+    (all by default)."""
+    rows = np.arange(snap.n_jobs) if jobs is None else jobs
+    free = _free_per_job(snap, rows)
+    k_mask = _k_mask(snap, free, rows)
     return k_mask.any(axis=1), k_mask, free
 
 
@@ -151,21 +153,22 @@ def _global_features(snap: Snapshot) -> np.ndarray:
     ])
 
 
-def _free_per_job(snap: Snapshot) -> np.ndarray:
-    """(J, N) idle GPUs on each node that have memory for the job's model."""
+def _free_per_job(snap: Snapshot, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), N) idle GPUs on each node that have memory for each job's model."""
     idle = (snap.gpu_free_at <= snap.now) & snap.node_up[snap.gpu_node]
     per_node = np.bincount(snap.gpu_node, weights=idle, minlength=snap.n_nodes).astype(np.int64)
     if snap.scenario != "edge":
-        return np.repeat(per_node[None, :], snap.n_jobs, axis=0)
-    fits = snap.node_gpu_mem_gb[None, :] >= _VRAM_GB[snap.job_model][:, None]
+        return np.repeat(per_node[None, :], len(rows), axis=0)
+    fits = snap.node_gpu_mem_gb[None, :] >= _VRAM_GB[snap.job_model[rows]][:, None]
     return np.where(fits, per_node[None, :], 0)
 
 
-def _k_mask(snap: Snapshot, free: np.ndarray) -> np.ndarray:
+def _k_mask(snap: Snapshot, free: np.ndarray, rows: np.ndarray) -> np.ndarray:
     total = free.sum(axis=1)
     ks = np.array(K_VALUES)
     offered = np.array([k in snap.k_choices for k in K_VALUES])  # np.isin costs ~60 µs a call here
-    allowed = offered[None, :] & (ks[None, :] <= np.minimum(total, snap.job_k_max)[:, None])
-    fixed = snap.job_k > 0
-    allowed[fixed] &= ks[None, :] == snap.job_k[fixed][:, None]
+    allowed = offered[None, :] & (ks[None, :] <= np.minimum(total, snap.job_k_max[rows])[:, None])
+    job_k = snap.job_k[rows]
+    fixed = job_k > 0
+    allowed[fixed] &= ks[None, :] == job_k[fixed][:, None]
     return allowed

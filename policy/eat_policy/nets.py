@@ -157,12 +157,23 @@ def narrow_to_proposal(
     if proposal is None:
         return np.zeros_like(job_mask), np.zeros_like(k_mask), np.zeros_like(free), True
     j, ki = proposal.job, features.K_VALUES.index(proposal.k)
-    nodes = gpus_per_node(snap, proposal.gpus) > 0
-    if not (job_mask[j] and k_mask[j, ki] and (free[j] > 0)[nodes].all()):
+    nodes = proposal_nodes(snap, proposal, bool(job_mask[j]), k_mask[j], free[j])
+    if nodes is None:
         return job_mask, k_mask, free, may_wait
     only_job, only_k, only_free = np.zeros_like(job_mask), np.zeros_like(k_mask), np.zeros_like(free)
     only_job[j], only_k[j, ki], only_free[j, nodes] = True, True, free[j, nodes]
     return only_job, only_k, only_free, may_wait
+
+
+def proposal_nodes(snap: Snapshot, proposal: Decision, job_open: bool, k_open: np.ndarray,
+                   free: np.ndarray) -> np.ndarray | None:
+    """The nodes of the proposal's gang (N,) bool, if the proposal is among its job's feasible
+    options (the job's row of ``features.masks``: dispatchable, its k allowed, usable idle GPUs on
+    each of those nodes); else None."""
+    nodes = gpus_per_node(snap, proposal.gpus) > 0
+    if job_open and k_open[features.K_VALUES.index(proposal.k)] and (free > 0)[nodes].all():
+        return nodes
+    return None
 
 
 def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -449,29 +460,38 @@ def greedy_index(logp: torch.Tensor) -> int:
     return 1 + int(logp[1:].argmax())
 
 
-def greedy_option(u: torch.Tensor, v: torch.Tensor, w: torch.Tensor, mask: torch.Tensor,
-                  may_wait: torch.Tensor | None = None) -> int:
+def greedy_option(u: np.ndarray, v: np.ndarray, w: np.ndarray, mask: np.ndarray, may_wait: bool | None = None) -> int:
     """``greedy_index(joint_log_probs(...)[0])`` of one state (u (J, K, S), v (J, N, K), w (1,),
-    mask (J, N, K)) without building its J·N·K·S joint: the steps bin only adds u[j, k, s] to
-    every node's score, so the best dispatch takes each (j, k)'s best bin, and the dispatches'
-    total mass is logsumexp over (j, n, k) of v + logsumexp_s u. Same choice; measured at 64
-    nodes × 32 jobs, a reused pass decides in 0.5 ms instead of 1.1 ms."""
-    if not bool(mask.any()):
-        return greedy_index(joint_log_probs(u[None], v[None], w, mask[None], may_wait)[0])
-    scores = v.masked_fill(~mask, -math.inf)
-    best_bin = u.max(-1)
-    best = (scores + best_bin.values[:, None, :]).reshape(-1)
+    float32, mask (J, N, K) bool; ``may_wait`` None: wait allowed) without building its J·N·K·S
+    joint: the steps bin only adds u[j, k, s] to every node's score, so the best dispatch takes
+    each (j, k)'s best bin, and the dispatches' total mass is logsumexp over (j, n, k) of
+    v + logsumexp_s u. Same choice. On numpy arrays, because a reused pass decides on a few rows,
+    where each torch call's overhead (~10 µs) is most of the work; the float32 sums and maxima
+    are the same numbers either way, and the logsumexp is still torch's."""
+    if not mask.any():
+        allowed = None if may_wait is None else torch.tensor([may_wait])
+        joint = joint_log_probs(torch.from_numpy(u)[None], torch.from_numpy(v)[None], torch.from_numpy(w),
+                                torch.from_numpy(mask)[None], allowed)
+        return greedy_index(joint[0])
+    scores = np.where(mask, v, np.float32(-np.inf))
+    best_bin = u.argmax(-1)
+    best = (scores + u.max(-1)[:, None, :]).reshape(-1)
     flat = int(best.argmax())
     wait = float(w.reshape(()))
     # The dispatches' mass is at least their best option's, so a wait below it (by more than
     # rounding) loses without the logsumexp: about two thirds of a served plan's decisions.
     surely_dispatch = wait < float(best[flat]) - 1e-6 * (1 + abs(float(best[flat])))
-    wait_allowed = may_wait is None or bool(may_wait.reshape(()))
-    if wait_allowed and not surely_dispatch and wait > float((scores + u.logsumexp(-1)[:, None, :]).logsumexp((0, 1, 2))):
+    if (may_wait is None or may_wait) and not surely_dispatch and wait > _dispatch_mass(u, scores):
         return 0
     j, rest = divmod(flat, v.shape[1] * N_K)
     ki = rest % N_K
-    return encode(j, rest // N_K, ki, int(best_bin.indices[j, ki]), v.shape[1], u.shape[-1])
+    return encode(j, rest // N_K, ki, int(best_bin[j, ki]), v.shape[1], u.shape[-1])
+
+
+def _dispatch_mass(u: np.ndarray, scores: np.ndarray) -> float:
+    """logsumexp over every open (j, n, k, s) of u + v, ``scores`` being v with −inf where closed."""
+    tu, ts = torch.from_numpy(u), torch.from_numpy(scores)
+    return float((ts + tu.logsumexp(-1)[:, None, :]).logsumexp((0, 1, 2)))
 
 
 def decode(index: int, j: int, n: int, bins: int = STEP_BINS) -> tuple[int, int, int, int] | None:

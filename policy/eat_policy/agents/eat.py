@@ -125,9 +125,9 @@ class Instant:
     node_names: tuple[str, ...]
     row_of: dict[int, int]
     """Job id → row of the logits below."""
-    u: torch.Tensor  # (J, K, S)
-    v: torch.Tensor  # (J, N, K)
-    w: torch.Tensor  # (1,)
+    u: np.ndarray  # (J, K, S) float32
+    v: np.ndarray  # (J, N, K)
+    w: np.ndarray  # (1,)
     node_attention: np.ndarray | None
     """(J, N) job→node cross-attention, head-averaged; None for D-SAC."""
     job_attention: np.ndarray | None
@@ -143,31 +143,49 @@ class Instant:
     def decide(self, snap: Snapshot, obs: dict[str, np.ndarray] | None = None) -> Decision | None:
         """The best option open in ``snap``: those of ``obs`` (``nets.observe``, unpadded) for the
         snapshot the pass encoded, else re-masked from the snapshot."""
-        rows = [self.row_of[int(i)] for i in snap.job_id]
         if obs is not None:
-            job_mask, k_mask, free, may_wait = obs["job_mask"], obs["k_mask"], obs["free"], bool(obs["may_wait"][0])
-        else:
+            return self._best(snap, obs["job_mask"], obs["k_mask"], obs["free"], bool(obs["may_wait"][0]))
+        if self.residual_hint is None:
             job_mask, k_mask, free = nets.features.masks(snap)
-            may_wait = nets.features.may_wait(snap, bool(job_mask.any()))
-            if self.residual_hint is not None:
-                job_mask, k_mask, free, may_wait = nets.narrow_to_proposal(
-                    snap, job_mask, k_mask, free, may_wait, self.residual_hint(snap))
+            return self._best(snap, job_mask, k_mask, free, nets.features.may_wait(snap, bool(job_mask.any())))
+        proposal = self.residual_hint(snap)
+        if proposal is not None:
+            # Only the proposal's job can be open: its row of the masks decides, unless the
+            # proposal is not among its feasible options (then every option stays open).
+            j = proposal.job
+            job_open, k_open, free = nets.features.masks(snap, np.array([j]))
+            nodes = nets.proposal_nodes(snap, proposal, bool(job_open[0]), k_open[0], free[0])
+            if nodes is not None:
+                mask = np.zeros((1, snap.n_nodes, nets.N_K), dtype=bool)
+                mask[0, nodes, nets.features.K_VALUES.index(proposal.k)] = True
+                return self._best_of(snap, np.array([j]), mask, nets.features.may_wait(snap, True), nodes[None])
+        job_mask, k_mask, free = nets.features.masks(snap)
+        may_wait = nets.features.may_wait(snap, bool(job_mask.any()))
+        return self._best(snap, *nets.narrow_to_proposal(snap, job_mask, k_mask, free, may_wait, proposal))
+
+    def _best(self, snap: Snapshot, job_mask: np.ndarray, k_mask: np.ndarray, free: np.ndarray,
+              may_wait: bool) -> Decision | None:
         mask = job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None]
         # Only jobs with an open option can be chosen (a residual actor's: the proposal's job);
         # ranking those rows alone picks the same option, in order, at a fraction of the cost.
         open_jobs = np.flatnonzero(mask.any(axis=(1, 2)))
         if len(open_jobs) == 0:
             open_jobs = np.arange(snap.n_jobs)
-        open_rows = torch.as_tensor([rows[j] for j in open_jobs])
+        return self._best_of(snap, open_jobs, mask[open_jobs], may_wait, free[open_jobs] > 0)
+
+    def _best_of(self, snap: Snapshot, jobs: np.ndarray, mask: np.ndarray, may_wait: bool,
+                 usable: np.ndarray) -> Decision | None:
+        """The greedy option among the rows ``jobs`` of ``snap`` with their options ``mask``; the
+        chosen job's gang is filled from its row of ``usable`` (len(jobs), N) nodes."""
+        rows = np.array([self.row_of[int(i)] for i in snap.job_id[jobs]])
         bins = self.u.shape[-1]
-        index = nets.greedy_option(self.u[open_rows], self.v[open_rows], self.w, torch.from_numpy(mask[open_jobs]),
-                                   torch.tensor([may_wait]))
-        option = nets.decode(index, len(open_jobs), snap.n_nodes, bins)
+        index = nets.greedy_option(self.u[rows], self.v[rows], self.w, mask, may_wait)
+        option = nets.decode(index, len(jobs), snap.n_nodes, bins)
         if option is None:
             return None
-        j = int(open_jobs[option[0]])
-        pointer = self.v[rows[j], :, option[2]].numpy()
-        return to_decision(snap, (j, *option[1:]), pointer, free[j] > 0, bins)
+        j = int(jobs[option[0]])
+        pointer = self.v[rows[option[0]], :, option[2]]
+        return to_decision(snap, (j, *option[1:]), pointer, usable[option[0]], bins)
 
 
 class LearnedPolicy:
@@ -228,7 +246,8 @@ class LearnedPolicy:
         weights = actor.encoder.attention_weights()
         node_att, job_att = (None, None) if weights is None else (weights[0][0].cpu().numpy(), weights[1][0].cpu().numpy())
         return Instant(snap.now, snap.node_names, {int(i): r for r, i in enumerate(snap.job_id)},
-                       u[0].cpu(), v[0].cpu(), w.cpu(), node_att, job_att, hint if actor.residual else None), obs
+                       u[0].cpu().numpy(), v[0].cpu().numpy(), w.cpu().numpy(), node_att, job_att,
+                       hint if actor.residual else None), obs
 
 
 @functools.lru_cache(maxsize=16)

@@ -162,6 +162,14 @@ def _speedup(k: int, pixels: float, link: str) -> float:
     return catalog.patch_speedup(k, pixels, link)
 
 
+@functools.lru_cache(maxsize=64)
+def _link_codes(node_link: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
+    """A layout's link kinds, and each node's as an index into them (integer comparisons cost
+    a fraction of string ones, and ``finish_each`` runs at every ``-fit`` decision)."""
+    names = tuple(dict.fromkeys(node_link))
+    return names, np.array([names.index(lk) for lk in node_link], dtype=np.int64)
+
+
 def _compute_s(spec: catalog.ModelSpec, pixels: float) -> float:
     """Seconds of one step's UNet compute on an A100 (the part GPUs and patches divide)."""
     return spec.step_s(pixels, 1.0) - spec.t_floor_s
@@ -236,10 +244,11 @@ class EdgePhysics:
         startup = np.array([0.0, self.load_s[m], self.fetch_s[m]])[tier]
         per_step, fixed = np.empty(len(gpus)), np.empty(len(gpus))
         speeds = snap.gpu_speed[gpus].astype(float)
-        links = np.asarray(snap.node_link)[snap.gpu_node[gpus]]
-        for speed, link in set(zip(speeds.tolist(), links.tolist())):
-            same = (speeds == speed) & (links == link)
-            per_step[same], fixed[same] = self.shape(m, px, speed, 1, link)
+        names, codes = _link_codes(snap.node_link)
+        links = codes[snap.gpu_node[gpus]]
+        for speed, code in set(zip(speeds.tolist(), links.tolist())):
+            same = (speeds == speed) & (links == code)
+            per_step[same], fixed[same] = self.shape(m, px, speed, 1, names[code])
         return start + (startup + fixed + steps * per_step)
 
     def _step_and_fixed(self, spec: catalog.ModelSpec, px: float, speed: float, k: int, link: str) -> tuple[float, float]:

@@ -326,9 +326,12 @@ def test_greedy_option_is_the_greedy_index_of_the_joint(case: int) -> None:
     best_option = float(options.max()) if mask.any() else 0.0
     w = torch.tensor([(dispatch_mass - 5.0, dispatch_mass - 0.05, dispatch_mass + 0.05, dispatch_mass + 5.0,
                        best_option - 1e-3, best_option + 1e-3)[case % 6]])
-    may_wait = torch.tensor([(case // 6) % 4 != 0])
-    joint = nets.joint_log_probs(u[None], v[None], w, mask[None], may_wait)[0]
-    assert nets.greedy_option(u, v, w, mask, may_wait) == nets.greedy_index(joint)
+    may_wait = (case // 6) % 4 != 0
+    joint = nets.joint_log_probs(u[None], v[None], w, mask[None], torch.tensor([may_wait]))[0]
+    assert nets.greedy_option(u.numpy(), v.numpy(), w.numpy(), mask.numpy(), may_wait) == nets.greedy_index(joint)
+    if case % 6 == 5:  # wait always allowed (None): as allowed
+        always = nets.joint_log_probs(u[None], v[None], w, mask[None])[0]
+        assert nets.greedy_option(u.numpy(), v.numpy(), w.numpy(), mask.numpy()) == nets.greedy_index(always)
 
 
 # --- hinted actors: a heuristic's proposal as input (a residual policy) ---------------------------
@@ -508,6 +511,61 @@ def test_a_residual_policy_keeps_its_hints_job_k_and_nodes_whatever_its_weights(
     assert other_steps > 0, "the policy chooses the steps"
     assert reused > 0, "reused passes keep to the new proposal too"
     assert sim.metrics().finished == 60
+
+
+def _full_joint_choice(instant: eat_agent.Instant, snap, proposal):  # type: ignore[no-untyped-def]
+    """What a reused residual pass must choose: the full joint's greedy option over every job's
+    masks narrowed to ``proposal`` (the reference the decision's shortcuts must equal)."""
+    job_mask, k_mask, free = nets.features.masks(snap)
+    may_wait = nets.features.may_wait(snap, bool(job_mask.any()))
+    job_mask, k_mask, free, may_wait = nets.narrow_to_proposal(snap, job_mask, k_mask, free, may_wait, proposal)
+    rows = [instant.row_of[int(i)] for i in snap.job_id]
+    u, v = torch.from_numpy(instant.u[rows]), torch.from_numpy(instant.v[rows])
+    mask = torch.from_numpy(job_mask[:, None, None] & k_mask[:, None, :] & (free > 0)[:, :, None])
+    joint = nets.joint_log_probs(u[None], v[None], torch.from_numpy(instant.w), mask[None], torch.tensor([may_wait]))
+    option = nets.decode(nets.greedy_index(joint[0]), snap.n_jobs, snap.n_nodes, instant.u.shape[-1])
+    if option is None:
+        return None
+    pointer = instant.v[rows[option[0]], :, option[2]]
+    return eat_agent.to_decision(snap, option, pointer, free[option[0]] > 0, instant.u.shape[-1])
+
+
+@pytest.mark.parametrize("proposals", ["the hint's", "infeasible"])
+def test_a_reused_residual_pass_chooses_as_the_full_joint_over_the_new_proposal(proposals: str) -> None:
+    from eat_policy.service import planning
+
+    torch.manual_seed(3)
+    actor = nets.Actor("eat", d=32, dp=16, hint="edf-cache-queue-fit", residual=True).eval()
+    hint = base.make("edf-cache-queue-fit")
+
+    def busy_gpus(snap):  # type: ignore[no-untyped-def]  # a proposal no feasible option matches
+        d = hint.decide(snap)
+        busy = np.flatnonzero(snap.gpu_free_at > snap.now)
+        return None if d is None or not len(busy) else dataclasses.replace(d, gpus=(int(busy[0]),))
+
+    checked = dispatched = off_the_hint = 0
+    for seed in range(4):
+        snap = _snapshot(scenarios.edge(n_nodes=8, load=0.9, n_jobs=60, initial_queue=30, gpu_keeps_model=False),
+                         seed, warm_steps=4)
+        policy = eat_agent.LearnedPolicy(actor=actor, reuse=1000)
+        policy.reset(seed)
+        d = policy.decide(snap)
+        instant = policy.instant
+        assert instant is not None
+        if proposals == "infeasible":
+            instant.residual_hint = busy_gpus
+        while d is not None and len(snap.idle_gpus()) and snap.n_jobs > 1:
+            snap = planning._apply(snap, d, planning._physics.estimate(snap, d.job, d.gpus), False)
+            expected = _full_joint_choice(instant, snap, instant.residual_hint(snap))
+            d = policy.decide(snap)
+            assert policy.instant is instant and d == expected
+            checked += 1
+            if d is not None:
+                dispatched += 1
+                off_the_hint += d.job != hint.decide(snap).job
+    assert checked >= 12 and dispatched >= 8
+    # the hint's proposals keep its job; with no feasible proposal every option stays open
+    assert (off_the_hint > 0) == (proposals == "infeasible")
 
 
 def test_the_pods_policy_is_a_residual_actor_over_its_fit_heuristic() -> None:
