@@ -167,7 +167,9 @@ def _link_codes(node_link: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray
     """A layout's link kinds, and each node's as an index into them (integer comparisons cost
     a fraction of string ones, and ``finish_each`` runs at every ``-fit`` decision)."""
     names = tuple(dict.fromkeys(node_link))
-    return names, np.array([names.index(lk) for lk in node_link], dtype=np.int64)
+    codes = np.array([names.index(lk) for lk in node_link], dtype=np.int64)
+    codes.flags.writeable = False  # cached and shared by every caller with this layout
+    return names, codes
 
 
 def _compute_s(spec: catalog.ModelSpec, pixels: float) -> float:
