@@ -21,6 +21,12 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
+# Its functions take `group=group.WORLD` as a default argument, bound when it is imported.
+# Imported after init_process_group (diffusers' imports pull it in, after the rendezvous), it
+# would hold the process group past leave(): the gloo threads would then die in interpreter
+# teardown, sometimes with SIGABRT. Imported now, while there is no group, it binds None.
+import torch.distributed.nn.functional  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 _JOINED = "eat/joined/"

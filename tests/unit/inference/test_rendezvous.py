@@ -70,3 +70,29 @@ def test_missing_rank_0_fails_the_others_within_the_timeout(tmp_path: pathlib.Pa
     assert f.returncode == 3, f.stderr[-2000:]
     assert "rank 1 could not reach rank 0's rendezvous at 127.0.0.1:" in f.stderr, f.stderr[-2000:]
     assert f.elapsed_s < TIMEOUT_S + SLACK_S
+
+
+_LEAVE_AFTER_THE_PIPELINE = """
+import os, torch, torch.distributed as dist
+from eat_inference import rendezvous
+rendezvous.join(rendezvous.DistEnv.from_env(), "gloo", timeout_s=60)
+from eat_inference import pipeline  # as `eat-infer run` does: diffusers only once the gang is complete
+out = [torch.empty(1) for _ in range(2)]
+dist.all_gather(out, torch.ones(1))
+rendezvous.leave()
+print(sorted(n for n in (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")) if "gloo" in n))
+"""
+
+
+def test_leave_ends_the_process_groups_threads_before_the_interpreter_exits() -> None:
+    """Modules imported after the rendezvous must not keep the process group alive past leave().
+
+    ``torch.distributed.nn.functional`` (pulled in by diffusers' imports) binds
+    ``group.WORLD`` as default arguments when it is imported; imported after
+    ``init_process_group``, it held the gloo group, whose threads then died in interpreter
+    teardown, sometimes with SIGABRT ("terminate called without an active exception").
+    """
+    done = launch(["-c", _LEAVE_AFTER_THE_PIPELINE], 2, timeout_s=180)
+    for f in done:
+        assert f.returncode == 0, f.stderr[-2000:]
+        assert f.stdout.strip().splitlines()[-1] == "[]", f"rank {f.rank}: gloo threads left after leave(): {f.stdout}"
