@@ -184,6 +184,11 @@ class Args:
             if getattr(self, key) is None:
                 setattr(self, key, value)
 
+    @property
+    def starts_from_policy(self) -> bool:
+        """A fresh run whose actor is a policy from its first step (a warm start or ``init``)."""
+        return bool(self.bc_policy or self.init) and not self.resume
+
 
 def discount(args: Args, dt_s: float) -> float:
     """The factor on the next state's value after a decision followed by ``dt_s`` seconds.
@@ -463,7 +468,7 @@ def train(args: Args) -> Path:
             with torch.no_grad():
                 u, v, w = actor(o)
                 logp = nets.joint_log_probs(u, v, w, mask, o["may_wait"])[0]
-            if global_step - start_step < args.learning_starts and not (args.bc_policy or args.resume or args.init):
+            if global_step - start_step < args.learning_starts and not (args.starts_from_policy or args.resume):
                 feasible = torch.cat([o["may_wait"][0], mask[0].flatten().repeat_interleave(args.step_bins)])
                 index = int(torch.multinomial(feasible.float(), 1))
             else:
@@ -504,7 +509,7 @@ def train(args: Args) -> Path:
                     writer.add_scalar("charts/SPS", (global_step - start_step) / (time.time() - start_wall), global_step)
 
             out_of_time = (time.time() - start_wall) / 60 > args.max_minutes
-            first = global_step == start_step + 1 and bool(args.bc_policy or args.init) and not args.resume
+            first = global_step == start_step + 1 and args.starts_from_policy
             if global_step % args.eval_every == 0 or out_of_time or global_step >= args.total_timesteps or first:
                 ev = greedy_eval(actor, args)
                 log.writerow(["eval", global_step, round(time.time() - start_wall, 1), ev["return"], ev["resp_mean_s"],
