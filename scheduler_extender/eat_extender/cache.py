@@ -15,12 +15,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import MappingProxyType
 
-from eat_extender import state, wire
+from eat_extender import metrics, state, wire
+
+log = logging.getLogger(__name__)
 
 NODES, PODS = "nodes", "pods"
 ADMIT_RESOLUTION_S = 1.0
@@ -51,6 +54,7 @@ class ClusterCache:
             expired = [g for g, until in self._admissions.items() if until <= now]
             for g in expired:
                 del self._admissions[g]
+            unplaced = {g: n for g in expired if (n := self._unplaced(g))}
             if self._snapshot is None or expired:
                 self._snapshot = state.ClusterState(
                     nodes=MappingProxyType(dict(self._nodes)),
@@ -58,7 +62,16 @@ class ClusterCache:
                     admissions=MappingProxyType(dict(self._admissions)),
                     synced=self._synced >= {NODES, PODS},
                 )
-            return self._snapshot
+            snapshot = self._snapshot
+        for g, n in unplaced.items():
+            metrics.gang_holds_expired.inc()
+            log.warning("gang hold of %s expired with %d member(s) not placed: its GPUs are free for other pods", g, n)
+        return snapshot
+
+    def _unplaced(self, group: str) -> int:
+        """Members of ``group`` still to place on their planned nodes (0 for a group that is gone)."""
+        g = self._groups.get(group)
+        return sum(state.remaining_plan(g.plan, g.bound_nodes).values()) if g is not None else 0
 
     def counts(self) -> tuple[int, int]:
         """(nodes, tracked pods)."""

@@ -66,6 +66,11 @@ node_refreshes = Counter(
     "Nodes whose pods were re-read from the API server before a capacity rejection.",
     registry=REGISTRY,
 )
+gang_holds_expired = Counter(
+    "eat_extender_gang_holds_expired",
+    "Gang holds that expired before every member of the group was bound (its GPUs went back to other pods).",
+    registry=REGISTRY,
+)
 cache_nodes = Gauge("eat_extender_cache_nodes", "Nodes in the extender's cache.", registry=REGISTRY)
 cache_pods = Gauge("eat_extender_cache_pods", "GPU pods and pod-group members in the cache.", registry=REGISTRY)
 cache_synced = Gauge("eat_extender_cache_synced", "1 once nodes and pods have been listed.", registry=REGISTRY)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from eat_extender import cache, state, wire
+from eat_extender import cache, metrics, state, wire
 from eat_policy import api
 
 from . import kube
@@ -245,3 +245,29 @@ def test_admissions_expire_on_the_clock() -> None:
     assert c.snapshot().admissions == {"ns/g": 10.0}
     t[0] = 10.0
     assert c.snapshot().admissions == {}
+
+
+def test_a_hold_that_expires_before_its_group_is_bound_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A hold ending with members unplaced frees their GPUs for others: operators must see it."""
+    t = [0.0]
+    c = cache.ClusterCache(clock=lambda: t[0])
+    c.replace_nodes([wire.Node.model_validate(kube.make_node(n, 4)) for n in ("a", "b")])
+    stuck, done = kube.gang("stuck", ["a", "b"]), kube.gang("done", ["a", "b"])
+    stuck[0]["spec"]["nodeName"] = "a"
+    for member, node in zip(done, ("a", "b")):
+        member["spec"]["nodeName"] = node
+    c.replace_pods([wire.Pod.model_validate(p) for p in stuck + done])
+    c.admit("render/stuck", until=10.0)
+    c.admit("render/done", until=10.0)
+    c.admit("render/gone", until=10.0)  # its pods were deleted
+    before = metrics.gang_holds_expired._value.get()
+    t[0] = 9.0
+    c.snapshot()
+    assert metrics.gang_holds_expired._value.get() == before
+    t[0] = 10.0
+    with caplog.at_level("WARNING", logger="eat_extender.cache"):
+        assert c.snapshot().admissions == {}
+        c.snapshot()  # an expiry is reported once
+    assert metrics.gang_holds_expired._value.get() == before + 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "gang hold of render/stuck expired with 1 member(s) not placed: its GPUs are free for other pods"]
