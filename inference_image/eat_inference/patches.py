@@ -301,8 +301,6 @@ class PatchSelfAttnProcessor(_Layer):
         self.runtime = runtime
         self.local = attention_processor.AttnProcessor2_0()
 
-    # Copied from diffusers.models.attention_processor.AttnProcessor2_0.__call__, with the
-    # key/value exchange added and the deprecated/unused branches for SD UNets removed.
     def __call__(
         self,
         attn: attention_processor.Attention,
@@ -315,42 +313,31 @@ class PatchSelfAttnProcessor(_Layer):
     ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             return self.local(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        residual = hidden_states
         if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        kv = torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], dim=-1)  # (B, L, 2·inner)
-        shares = self.runtime.share(self, kv)  # (world, B, L, 2·inner), rank order = row order
-        kv = torch.cat(shares.unbind(0), dim=1)  # (B, world·L, 2·inner)
+            raise NotImplementedError("patch-parallel self-attention has no spatial norm (SD UNets use none)")
+        image = hidden_states.shape if hidden_states.ndim == 4 else None
+        tokens = hidden_states if image is None else hidden_states.flatten(2).transpose(1, 2)  # (B, L, C)
+        x = tokens if attn.group_norm is None else attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)
+        kv = torch.cat([attn.to_k(x), attn.to_v(x)], dim=-1)  # one exchange for both
+        kv = torch.cat(self.runtime.share(self, kv).unbind(0), dim=1)  # every rank's tokens, in row order
         key, value = kv.chunk(2, dim=-1)
-
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.reshape(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.reshape(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        query, key, value = (_split_heads(t, attn.heads) for t in (attn.to_q(x), key, value))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        out = F.scaled_dot_product_attention(query, key, value).transpose(1, 2).flatten(2)  # (B, L, heads·d)
+        out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
+        if image is not None:
+            out = out.transpose(1, 2).reshape(image)
         if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, heads·d) → (B, heads, L, d)."""
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 TEXT_DIM = 32
 """Width of the text encoder; the UNet's cross-attention dimension."""
@@ -39,22 +40,9 @@ _TOY_UNET: dict = dict(  # type: ignore[type-arg]
 _WORDS = ("a", "an", "the", "of", "cat", "dog", "photo", "red", "blue", "house", "tree", "sky", "painting")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # Copied from CLIP's / GPT-2's tokenizer: printable stand-ins for every byte.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def make_tokenizer() -> CLIPTokenizer:
     """A CLIP tokenizer over a locally built byte-level BPE vocabulary (no downloads)."""
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())  # a printable stand-in for every byte
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols]:
         vocab[s] = len(vocab)
