@@ -13,6 +13,8 @@ played out on n futures drawn from the present instead (``Simulator.with_future`
 for every option), a teacher that knows only what a policy can; ``horizon_s`` scores the
 play-outs on the jobs arriving within that many seconds, which cuts their cost and their noise.
 Either way it labels demonstrations for ``eat-policy train --bc-policy rollout:<heuristic>``.
+Two probes of a richer option set (``bench/edge_headroom.py``): ``sticky_steps`` plays a steps
+option's factor out on every later dispatch too, and ``job_moves`` adds other queued jobs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 import numpy as np
 
 from eat_policy import features
-from eat_policy.agents import base
+from eat_policy.agents import base, cache_aware, heuristics
 from eat_policy.sim import catalog, engine, metrics
 from eat_policy.snapshot import Decision, Snapshot
 
@@ -67,7 +69,7 @@ class RolloutTeacher:
 
     def __init__(self, heuristic: str, objective: Objective = Objective(), futures: int = 0,
                  horizon_s: float | None = None, steps_factors: tuple[float, ...] = STEPS_FACTORS,
-                 gpu_moves: bool = True) -> None:
+                 gpu_moves: bool = True, sticky_steps: bool = False, job_moves: int = 0) -> None:
         self.name = PREFIX + heuristic
         self.base = base.make(heuristic)
         self.objective = objective
@@ -75,6 +77,8 @@ class RolloutTeacher:
         self.horizon_s = horizon_s
         self.steps_factors = steps_factors
         self.gpu_moves = gpu_moves
+        self.sticky_steps = sticky_steps
+        self.job_moves = job_moves
         self.sim: engine.Simulator | None = None
         self._rng = np.random.default_rng(0)
 
@@ -92,26 +96,41 @@ class RolloutTeacher:
         proposal = self.base.decide(snap)
         if proposal is None:
             return None
-        options = alternatives(snap, proposal, self.steps_factors, self.gpu_moves)
+        options = alternatives(snap, proposal, self.steps_factors, self.gpu_moves) + other_jobs(snap, proposal, self.job_moves)
         if self.futures == 0:
             worlds = [self.sim]
         else:
             worlds = [self.sim.with_future(int(s)) for s in self._rng.integers(2**31, size=self.futures)]
-        returns = [np.mean([self._play_out(world, option) for world in worlds]) for option in options]
+        factors = [self._factor_of(option, proposal) for option in options]
+        returns = [np.mean([self._play_out(world, option, f) for world in worlds]) for option, f in zip(options, factors)]
         return options[int(np.argmax(returns))]
 
-    def _play_out(self, world: engine.Simulator, first: Decision | None) -> float:
+    def _factor_of(self, option: Decision | None, proposal: Decision) -> float:
+        """With ``sticky_steps``, the factor a steps option applies to every later dispatch of its
+        play-out too; otherwise 1 (the play-out is the heuristic's own)."""
+        if not self.sticky_steps or option is None or (option.job, option.gpus) != (proposal.job, proposal.gpus):
+            return 1.0
+        return option.steps / proposal.steps
+
+    def _play_out(self, world: engine.Simulator, first: Decision | None, factor: float = 1.0) -> float:
         sim = copy.deepcopy(world)
         if self.horizon_s is None:
             env_rewards = sim.step(first)
             while not sim.done:
-                env_rewards += sim.step(self.base.decide(sim.snapshot()))
+                env_rewards += sim.step(self._follow(sim.snapshot(), factor))
             return self.objective.rest_of_episode(env_rewards, sim)
         sim.step(first)  # of_first_jobs reads the rewards from the records
         n = int(np.searchsorted(sim.trace.arrival_s, world.now + self.horizon_s, side="right"))
         while not sim.done and (sim.n_arrived < n or (sim.queue and sim.queue[0] < n)):
-            sim.step(self.base.decide(sim.snapshot()))
+            sim.step(self._follow(sim.snapshot(), factor))
         return self.objective.of_first_jobs(n, sim)
+
+    def _follow(self, snap: Snapshot, factor: float) -> Decision | None:
+        """The heuristic's decision in a play-out, its steps × ``factor``."""
+        d = self.base.decide(snap)
+        if d is None or factor == 1.0:
+            return d
+        return Decision(d.job, d.gpus, scaled_steps(snap, d, factor))
 
 
 def alternatives(snap: Snapshot, proposal: Decision, steps_factors: tuple[float, ...] = STEPS_FACTORS,
@@ -130,9 +149,26 @@ def alternatives(snap: Snapshot, proposal: Decision, steps_factors: tuple[float,
             gpus = np.flatnonzero(idle & where & fits)
             if len(gpus):
                 out.append(Decision(j, (int(gpus[np.argmax(snap.gpu_speed[gpus])]),), proposal.steps))
-    lo, hi = int(snap.job_steps_min[j]), int(snap.job_steps_max[j])
     for factor in steps_factors:
-        steps = int(np.clip(round(proposal.steps * factor), lo, hi))
+        steps = scaled_steps(snap, proposal, factor)
         if steps != proposal.steps:
             out.append(Decision(j, proposal.gpus, steps))
     return out
+
+
+def other_jobs(snap: Snapshot, proposal: Decision, n: int) -> list[Decision]:
+    """Up to ``n`` other queued jobs, earliest deadline first, each dispatched where the plain
+    cache-aware plan of that job alone starts it now (none if it cannot start now)."""
+    phys = heuristics.physics_of(snap.scenario)
+    out: list[Decision] = []
+    for j in np.argsort(snap.job_deadline_s, kind="stable"):
+        if len(out) == n:
+            break
+        if j != proposal.job and (d := cache_aware.plan_simply(snap, [int(j)], phys)) is not None:
+            out.append(d)
+    return out
+
+
+def scaled_steps(snap: Snapshot, d: Decision, factor: float) -> int:
+    """``d``'s steps × ``factor``, within its job's steps range."""
+    return int(np.clip(round(d.steps * factor), snap.job_steps_min[d.job], snap.job_steps_max[d.job]))

@@ -158,3 +158,48 @@ def test_the_score_of_the_first_jobs_counts_their_rewards_and_time_to_known_fini
         sim.step(heuristic.decide(sim.snapshot()))
     assert (sim.known_finish_s()[:20] == finish[:20]).all()  # known finishes are kept
     assert objective.of_first_jobs(30, sim) == pytest.approx(objective.rest_of_episode(float(sim.records.reward.sum()), sim))
+
+
+def _loaded_decision(seed: int = 2) -> tuple[engine.Simulator, Decision]:
+    """A state with a queue and a single-GPU proposal of ``edf-cache-queue``."""
+    sim = engine.Simulator(scenarios.edge(n_nodes=6, load=0.8, n_jobs=60, initial_queue=10))
+    sim.reset(seed)
+    heuristic = base.make("edf-cache-queue")
+    sim.step(heuristic.decide(sim.snapshot()))
+    while (proposal := heuristic.decide(sim.snapshot())) is None or proposal.k > 1:
+        sim.step(proposal)
+    return sim, proposal
+
+
+def test_a_sticky_steps_option_scales_every_later_dispatch_of_its_play_out() -> None:
+    sim, proposal = _loaded_decision()
+    snap = sim.snapshot()
+    sticky = rollout.RolloutTeacher("edf-cache-queue", steps_factors=(0.5,), sticky_steps=True)
+    options = rollout.alternatives(snap, proposal, (0.5,))
+    halved, wait = options[-1], None
+    assert halved.steps < proposal.steps
+    assert sticky._factor_of(halved, proposal) == pytest.approx(halved.steps / proposal.steps)
+    assert sticky._factor_of(proposal, proposal) == 1.0 and sticky._factor_of(wait, proposal) == 1.0
+    assert rollout.RolloutTeacher("edf-cache-queue", steps_factors=(0.5,))._factor_of(halved, proposal) == 1.0
+    d = sticky.base.decide(snap)
+    followed = sticky._follow(snap, 0.5)
+    assert (followed.job, followed.gpus) == (d.job, d.gpus)
+    assert followed.steps == rollout.scaled_steps(snap, d, 0.5) == max(int(snap.job_steps_min[d.job]), round(d.steps * 0.5))
+    assert sticky._follow(snap, 1.0) == d
+    assert rollout.scaled_steps(snap, d, 100.0) == int(snap.job_steps_max[d.job])  # within the job's range
+
+
+def test_other_jobs_are_feasible_dispatches_of_other_jobs_earliest_deadline_first() -> None:
+    sim, proposal = _loaded_decision()
+    snap = sim.snapshot()
+    others = rollout.other_jobs(snap, proposal, 3)
+    assert 0 < len(others) <= 3 and proposal.job not in [d.job for d in others]
+    deadlines = [snap.job_deadline_s[d.job] for d in others]
+    assert deadlines == sorted(deadlines)
+    for d in others:
+        copy.deepcopy(sim).step(d)  # raises engine.InvalidDecision on anything infeasible
+    assert rollout.other_jobs(snap, proposal, 0) == []
+    teacher = rollout.RolloutTeacher("edf-cache-queue", futures=2, horizon_s=10.0, job_moves=3)
+    teacher.attach(sim)
+    teacher.reset(0)
+    assert teacher.decide(snap) in rollout.alternatives(snap, proposal) + others
