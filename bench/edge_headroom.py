@@ -89,6 +89,10 @@ def policies() -> dict[str, base.Policy]:
     return out
 
 
+def _with_reference(teachers: dict[str, base.Policy]) -> dict[str, base.Policy]:
+    return {REFERENCE: base.make(REFERENCE)} | teachers
+
+
 _CHOSEN: dict[str, base.Policy] = {}
 _SIM: list[engine.Simulator] = []
 
@@ -130,18 +134,17 @@ def main() -> None:
     seeds = range(args.seeds)
     sim = engine.Simulator(scenarios.edge(n_nodes=args.nodes, load=0.8, gpu_keeps_model=args.warm_pool))
     if args.horizons:
-        chosen = {REFERENCE: base.make(REFERENCE)} | {
-            f"residual teacher, {h:g} s horizon": residual_teacher(horizon_s=h) for h in map(float, args.horizons.split(","))}
+        chosen = _with_reference({f"residual teacher, {h:g} s horizon": residual_teacher(horizon_s=h)
+                                  for h in map(float, args.horizons.split(","))})
     elif args.over:
-        chosen = {REFERENCE: base.make(REFERENCE), args.over: base.make(args.over),
-                  f"residual teacher over {args.over}": residual_teacher(over=args.over)}
+        chosen = _with_reference({args.over: base.make(args.over),
+                                  f"residual teacher over {args.over}": residual_teacher(over=args.over)})
     elif args.job_moves:
-        chosen = {REFERENCE: base.make(REFERENCE)} | {
-            f"residual teacher + {n} other jobs": residual_teacher(job_moves=n) for n in map(int, args.job_moves.split(","))}
+        chosen = _with_reference({f"residual teacher + {n} other jobs": residual_teacher(job_moves=n)
+                                  for n in map(int, args.job_moves.split(","))})
     elif args.sticky_horizons:
-        chosen = {REFERENCE: base.make(REFERENCE)} | {
-            f"sticky residual teacher, {h:g} s horizon": residual_teacher(horizon_s=h, sticky_steps=True)
-            for h in map(float, args.sticky_horizons.split(","))}
+        chosen = _with_reference({f"sticky residual teacher, {h:g} s horizon": residual_teacher(horizon_s=h, sticky_steps=True)
+                                  for h in map(float, args.sticky_horizons.split(","))})
     else:
         chosen = residual_teachers() if args.residual_teachers else policies()
     results = play(sim, chosen, seeds, args.workers)

@@ -159,6 +159,8 @@ def alternatives(snap: Snapshot, proposal: Decision, steps_factors: tuple[float,
 def other_jobs(snap: Snapshot, proposal: Decision, n: int) -> list[Decision]:
     """Up to ``n`` other queued jobs, earliest deadline first, each dispatched where the plain
     cache-aware plan of that job alone starts it now (none if it cannot start now)."""
+    if n == 0:
+        return []  # every label of a training teacher: no sort, no physics
     phys = heuristics.physics_of(snap.scenario)
     out: list[Decision] = []
     for j in np.argsort(snap.job_deadline_s, kind="stable"):
