@@ -115,13 +115,10 @@ def observe(snap: Snapshot, window: int | None = None, hint: Hinter | None = Non
         if hint is None:
             raise ValueError("a residual observation needs a hint")
         obs = only_the_proposal(snap, obs, proposal)
-    j = obs.jobs.shape[0]
-    w = j if window is None else window
+    w = obs.jobs.shape[0] if window is None else window
 
     def rows(a: np.ndarray) -> np.ndarray:
-        if j >= w:
-            return a[:w]
-        return np.concatenate([a, np.zeros((w - j,) + a.shape[1:], a.dtype)])
+        return _rows(a, w)
 
     out = {
         "nodes": np.concatenate([obs.nodes, warm_group_features(snap)], axis=1),
@@ -179,6 +176,25 @@ def proposal_nodes(snap: Snapshot, proposal: Decision, job_open: bool, k_open: n
 def to_tensors(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """One observation as a batch of one."""
     return {k: torch.from_numpy(np.asarray(v))[None] for k, v in obs.items()}
+
+
+JOB_ROWS = ("jobs", "pairs", "job_mask", "k_mask", "free", "hint_jobs", "hint_pairs")
+"""The arrays of an observation with one row per queued job (``observe``)."""
+
+
+def stack(observations: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Observations of one cluster as one batch, job rows zero-padded to the longest queue (the
+    encoder masks all-zero job rows, as it does ``observe``'s window padding)."""
+    rows = max(len(obs["jobs"]) for obs in observations)
+    return {k: torch.from_numpy(np.stack([_rows(obs[k], rows) if k in JOB_ROWS else obs[k] for obs in observations]))
+            for k in observations[0]}
+
+
+def _rows(a: np.ndarray, n: int) -> np.ndarray:
+    """``a``'s first ``n`` rows, zero rows added where it has fewer."""
+    if len(a) >= n:
+        return a[:n]
+    return np.concatenate([a, np.zeros((n - len(a),) + a.shape[1:], a.dtype)])
 
 
 def option_mask(o: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -772,6 +772,17 @@ def make_teacher(name: str, objective: rollout.Objective, futures: int = 0, hori
     return base.make(name)
 
 
+def teaches_around(bc_policy: str, hint: str) -> bool:
+    """Whether a residual clone over ``hint`` can take ``bc_policy``'s labels: that heuristic's,
+    or a residual learned policy's over it (``eat-pods``: policy iteration's next step), either
+    of them itself or improved by rollouts (``rollout:<it>``)."""
+    name = bc_policy.removeprefix(rollout.PREFIX)
+    if name == hint:
+        return True
+    actor = getattr(base.make(name), "actor", None)
+    return isinstance(actor, nets.Actor) and actor.residual and actor.hint == hint
+
+
 def option_of(snap: Any, d: Any, bins: int) -> int:
     """A heuristic's Decision as the nearest option (anchor = the node holding most of its GPUs)."""
     if d is None:
@@ -881,12 +892,12 @@ def main(
     factors = rollout.STEPS_FACTORS if teacher_steps_factors is None else _positive_floats("teacher-steps-factors", teacher_steps_factors)
     if teacher_futures < 0 or (teacher_horizon is not None and teacher_horizon <= 0):
         raise typer.BadParameter(f"teacher-futures must be >= 0 and teacher-horizon > 0, got {teacher_futures} and {teacher_horizon}")
-    if residual and (hint is None or (bc_policy is not None and bc_policy.removeprefix(rollout.PREFIX) != hint)):
-        raise typer.BadParameter("residual: give --hint <heuristic>, and a teacher (--bc-policy) of that heuristic or "
-                                 "rollout:<it>, whose labels are then among the options")
     for option, policy in (("hint", hint), ("bc-policy", bc_policy and bc_policy.removeprefix(rollout.PREFIX))):
         if policy is not None and not base.known(policy):
             raise typer.BadParameter(f"{option}: unknown policy {policy!r}; known: {', '.join(base.names())}")
+    if residual and (hint is None or (bc_policy is not None and not teaches_around(bc_policy, hint))):
+        raise typer.BadParameter("residual: give --hint <heuristic>, and a teacher (--bc-policy) of that heuristic, or "
+                                 "of a residual policy over it, or rollout:<either>, whose labels are then among the options")
     args = Args(scenario=scenario, variant=variant, seed=seed, total_timesteps=total_timesteps,
                 max_minutes=max_minutes, nodes=nodes, mode=mode, gpu_keeps_model=gpu_keeps_model, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, residual=residual, bc_policy=bc_policy, bc_episodes=bc_episodes,

@@ -234,20 +234,43 @@ class LearnedPolicy:
         others = {i: float(instant.job_attention[row, r]) for i, r in instant.row_of.items() if i != job_id}
         return instant.node_attention[row], others
 
-    def _encode(self, snap: Snapshot) -> tuple[Instant, dict[str, np.ndarray]]:
-        actor = self._actor(snap)
+    def decide_all(self, snaps: list[Snapshot]) -> list[Decision | None]:
+        """``decide`` for snapshots of one cluster in several simulators (a rollout teacher's
+        play-outs), from one batched actor pass. Each state's chain draws its own noise, so a
+        decision may differ from ``decide``'s where that noise tips it; none is reused."""
+        if self.reuse != 1 or len(snaps) < 2:
+            return [self.decide(s) for s in snaps]
+        actor = self._actor(snaps[0])
+        hint = self._hint(actor)
+        observations = [nets.observe(s, hint=hint, residual=actor.residual) for s in snaps]
+        o = {k: t.to(self.device) for k, t in nets.stack(observations).items()}
+        with torch.inference_mode():
+            u, v, w = (x.cpu().numpy() for x in actor(o, self.generator, shuffle_state=self.shuffle_state))
+        return [self._instant(snap, actor, hint, u[i, :snap.n_jobs], v[i, :snap.n_jobs], w[i : i + 1]).decide(snap, obs)
+                for i, (snap, obs) in enumerate(zip(snaps, observations))]
+
+    def _hint(self, actor: nets.Actor) -> nets.Hinter | None:
         if actor.hint and actor.hint not in self.hinters:
             self.hinters[actor.hint] = hinter_of(actor)
-        hint = self.hinters.get(actor.hint) if actor.hint else None
+        return self.hinters.get(actor.hint) if actor.hint else None
+
+    def _encode(self, snap: Snapshot) -> tuple[Instant, dict[str, np.ndarray]]:
+        actor = self._actor(snap)
+        hint = self._hint(actor)
         obs = nets.observe(snap, hint=hint, residual=actor.residual)
         o = {k: t.to(self.device) for k, t in nets.to_tensors(obs).items()}
         with torch.inference_mode():
             u, v, w = actor(o, self.generator, shuffle_state=self.shuffle_state)
         weights = actor.encoder.attention_weights()
         node_att, job_att = (None, None) if weights is None else (weights[0][0].cpu().numpy(), weights[1][0].cpu().numpy())
-        return Instant(snap.now, snap.node_names, {int(i): r for r, i in enumerate(snap.job_id)},
-                       u[0].cpu().numpy(), v[0].cpu().numpy(), w.cpu().numpy(), node_att, job_att,
-                       hint if actor.residual else None), obs
+        return self._instant(snap, actor, hint, u[0].cpu().numpy(), v[0].cpu().numpy(), w.cpu().numpy(),
+                             node_att, job_att), obs
+
+    @staticmethod
+    def _instant(snap: Snapshot, actor: nets.Actor, hint: nets.Hinter | None, u: np.ndarray, v: np.ndarray,
+                 w: np.ndarray, node_att: np.ndarray | None = None, job_att: np.ndarray | None = None) -> Instant:
+        return Instant(snap.now, snap.node_names, {int(i): r for r, i in enumerate(snap.job_id)}, u, v, w,
+                       node_att, job_att, hint if actor.residual else None)
 
 
 @functools.lru_cache(maxsize=16)

@@ -15,6 +15,9 @@ play-outs on the jobs arriving within that many seconds, which cuts their cost a
 Either way it labels demonstrations for ``eat-policy train --bc-policy rollout:<heuristic>``.
 Two probes of a richer option set (``bench/edge_headroom.py``): ``sticky_steps`` plays a steps
 option's factor out on every later dispatch too, and ``job_moves`` adds other queued jobs.
+The "heuristic" may be any policy: the play-outs of all options run in lockstep, so a learned
+one (``eat-pods``: a second step of policy iteration) decides each round of them in one batched
+actor pass (``LearnedPolicy.decide_all``).
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ class RolloutTeacher:
         else:
             worlds = [self.sim.with_future(int(s)) for s in self._rng.integers(2**31, size=self.futures)]
         factors = [self._factor_of(option, proposal) for option in options]
-        returns = [np.mean([self._play_out(world, option, f) for world in worlds]) for option, f in zip(options, factors)]
+        returns = self._play_outs(worlds, options, factors).mean(axis=1)
         return options[int(np.argmax(returns))]
 
     def _factor_of(self, option: Decision | None, proposal: Decision) -> float:
@@ -112,25 +115,43 @@ class RolloutTeacher:
             return 1.0
         return option.steps / proposal.steps
 
-    def _play_out(self, world: engine.Simulator, first: Decision | None, factor: float = 1.0) -> float:
-        sim = copy.deepcopy(world)
-        if self.horizon_s is None:
-            env_rewards = sim.step(first)
-            while not sim.done:
-                env_rewards += sim.step(self._follow(sim.snapshot(), factor))
-            return self.objective.rest_of_episode(env_rewards, sim)
-        sim.step(first)  # of_first_jobs reads the rewards from the records
-        n = int(np.searchsorted(sim.trace.arrival_s, world.now + self.horizon_s, side="right"))
-        while not sim.done and (sim.n_arrived < n or (sim.queue and sim.queue[0] < n)):
-            sim.step(self._follow(sim.snapshot(), factor))
-        return self.objective.of_first_jobs(n, sim)
+    def _play_outs(self, worlds: list[engine.Simulator], options: list[Decision | None],
+                   factors: list[float]) -> np.ndarray:
+        """(options, worlds) returns: each option played out on a copy of each world, all copies
+        in lockstep, so that a heuristic with ``decide_all`` (a learned policy) decides each round
+        of them in one batch."""
+        sims = [copy.deepcopy(world) for _ in options for world in worlds]
+        horizon = self.horizon_s  # each world's jobs up to then (a drawn future has its own arrivals)
+        n = [None if horizon is None else int(np.searchsorted(sim.trace.arrival_s, sim.now + horizon, side="right"))
+             for sim in sims]
+        firsts = [(option, f) for option, f in zip(options, factors) for _ in worlds]
+        env_rewards = [sim.step(first) for sim, (first, _) in zip(sims, firsts)]
+        live = [i for i, sim in enumerate(sims) if _goes_on(sim, n[i])]
+        while live:
+            snaps = [sims[i].snapshot() for i in live]
+            decide_all = getattr(self.base, "decide_all", None)
+            ds = decide_all(snaps) if decide_all is not None else [self.base.decide(snap) for snap in snaps]
+            for i, snap, d in zip(live, snaps, ds):
+                env_rewards[i] += sims[i].step(_scaled(snap, d, firsts[i][1]))
+            live = [i for i in live if _goes_on(sims[i], n[i])]
+        if horizon is None:
+            returns = [self.objective.rest_of_episode(r, sim) for r, sim in zip(env_rewards, sims)]
+        else:  # of_first_jobs reads the rewards from the records
+            returns = [self.objective.of_first_jobs(m, sim) for m, sim in zip(n, sims) if m is not None]
+        return np.array(returns).reshape(len(options), len(worlds))
 
-    def _follow(self, snap: Snapshot, factor: float) -> Decision | None:
-        """The heuristic's decision in a play-out, its steps × ``factor``."""
-        d = self.base.decide(snap)
-        if d is None or factor == 1.0:
-            return d
-        return Decision(d.job, d.gpus, scaled_steps(snap, d, factor))
+
+def _goes_on(sim: engine.Simulator, n: int | None) -> bool:
+    """Whether a play-out decides again: to the episode's end, or (``n``) until its first ``n``
+    jobs have arrived and left the queue."""
+    return not sim.done and (n is None or sim.n_arrived < n or bool(sim.queue and sim.queue[0] < n))
+
+
+def _scaled(snap: Snapshot, d: Decision | None, factor: float) -> Decision | None:
+    """A play-out's decision, its steps × ``factor``."""
+    if d is None or factor == 1.0:
+        return d
+    return Decision(d.job, d.gpus, scaled_steps(snap, d, factor))
 
 
 def alternatives(snap: Snapshot, proposal: Decision, steps_factors: tuple[float, ...] = STEPS_FACTORS,

@@ -575,3 +575,40 @@ def test_the_pods_policy_is_a_residual_actor_over_its_fit_heuristic() -> None:
     snap = _snapshot(scenarios.edge(n_nodes=6, initial_queue=30, n_jobs=40, gpu_keeps_model=False), warm_steps=2)
     proposal, d = base.make("edf-cache-queue-fit").decide(snap), policy.decide(snap)
     assert proposal is not None and d is not None and (d.job, d.k) == (proposal.job, proposal.k)
+
+
+def _simulators_midway(scenario: scenarios.Scenario, n: int) -> list[engine.Simulator]:
+    """``n`` episodes of one cluster, each a few more first-fit dispatches in (queues differ)."""
+    sims = []
+    for i in range(n):
+        sim = engine.Simulator(scenario)
+        sim.reset(i)
+        first_fit = base.make("first-fit")
+        for _ in range(3 * i):
+            sim.step(first_fit.decide(sim.snapshot()))
+        sims.append(sim)
+    return sims
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_one_batched_pass_decides_several_simulators_as_one_pass_each(residual: bool) -> None:
+    """``decide_all`` (a rollout teacher's play-outs) pads the queues to one batch; an actor
+    without a chain (SAC: no noise) decides each state exactly as ``decide`` does alone."""
+    torch.manual_seed(2)
+    hint = "edf-cache-queue-fit" if residual else None
+    actor = nets.Actor("sac", d=32, dp=16, hint=hint, residual=residual).eval()
+    sims = _simulators_midway(scenarios.edge(n_nodes=5, load=0.9, n_jobs=60, initial_queue=8, gpu_keeps_model=False), 4)
+    snaps = [sim.snapshot() for sim in sims]
+    assert len({s.n_jobs for s in snaps}) > 1
+    batched = eat_agent.LearnedPolicy("sac", actor=actor).decide_all(snaps)
+    assert batched == [eat_agent.LearnedPolicy("sac", actor=actor).decide(s) for s in snaps]
+    assert any(d is not None for d in batched)
+
+
+def test_a_batched_pass_through_the_chain_decides_feasibly_for_each_simulator() -> None:
+    sims = _simulators_midway(scenarios.edge(n_nodes=5, load=0.9, n_jobs=60, initial_queue=8), 4)
+    policy = eat_agent.LearnedPolicy("eat", actor=make_actor())
+    decisions = policy.decide_all([sim.snapshot() for sim in sims])
+    assert len(decisions) == 4 and any(d is not None for d in decisions)
+    for sim, d in zip(sims, decisions):
+        sim.step(d)  # raises engine.InvalidDecision on anything infeasible

@@ -182,10 +182,10 @@ def test_a_sticky_steps_option_scales_every_later_dispatch_of_its_play_out() -> 
     assert sticky._factor_of(proposal, proposal) == 1.0 and sticky._factor_of(wait, proposal) == 1.0
     assert rollout.RolloutTeacher("edf-cache-queue", steps_factors=(0.5,))._factor_of(halved, proposal) == 1.0
     d = sticky.base.decide(snap)
-    followed = sticky._follow(snap, 0.5)
+    followed = rollout._scaled(snap, d, 0.5)
     assert (followed.job, followed.gpus) == (d.job, d.gpus)
     assert followed.steps == rollout.scaled_steps(snap, d, 0.5) == max(int(snap.job_steps_min[d.job]), round(d.steps * 0.5))
-    assert sticky._follow(snap, 1.0) == d
+    assert rollout._scaled(snap, d, 1.0) == d and rollout._scaled(snap, None, 0.5) is None
     assert rollout.scaled_steps(snap, d, 100.0) == int(snap.job_steps_max[d.job])  # within the job's range
 
 
@@ -203,3 +203,34 @@ def test_other_jobs_are_feasible_dispatches_of_other_jobs_earliest_deadline_firs
     teacher.attach(sim)
     teacher.reset(0)
     assert teacher.decide(snap) in rollout.alternatives(snap, proposal) + others
+
+
+def _played_alone(teacher: rollout.RolloutTeacher, world: engine.Simulator, first: Decision | None) -> float:
+    """One option's return, its play-out on its own: the heuristic decides until the end, or
+    until the first jobs arriving within the horizon have left the queue."""
+    sim = copy.deepcopy(world)
+    env_rewards = sim.step(first)
+    if teacher.horizon_s is None:
+        while not sim.done:
+            env_rewards += sim.step(teacher.base.decide(sim.snapshot()))
+        return teacher.objective.rest_of_episode(env_rewards, sim)
+    n = int(np.searchsorted(sim.trace.arrival_s, world.now + teacher.horizon_s, side="right"))
+    while not sim.done and (sim.n_arrived < n or (sim.queue and sim.queue[0] < n)):
+        sim.step(teacher.base.decide(sim.snapshot()))
+    return teacher.objective.of_first_jobs(n, sim)
+
+
+@pytest.mark.parametrize("horizon_s", [None, 10.0])
+def test_play_outs_in_lockstep_score_each_option_as_if_played_alone(horizon_s: float | None) -> None:
+    """The teacher plays every (option, drawn future) in lockstep, a round of decisions at a
+    time; each play-out's return is still the one it has alone, on its own future's arrivals."""
+    sim, proposal = _loaded_decision()
+    teacher = rollout.RolloutTeacher("edf-cache-queue", rollout.Objective(time_scale_s=600.0), horizon_s=horizon_s)
+    options = rollout.alternatives(sim.snapshot(), proposal)
+    worlds = [sim.with_future(s) for s in (1, 2)]
+    assert not np.array_equal(worlds[0].trace.arrival_s, worlds[1].trace.arrival_s)
+    returns = teacher._play_outs(worlds, options, [1.0] * len(options))
+    assert returns.shape == (len(options), 2)
+    expected = [[_played_alone(teacher, w, option) for w in worlds] for option in options]
+    np.testing.assert_allclose(returns, expected)
+    assert len(np.unique(returns)) > 2  # the options and the futures are told apart

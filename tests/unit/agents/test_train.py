@@ -429,10 +429,22 @@ def test_a_residual_run_labels_and_takes_only_its_hints_options() -> None:
     assert any(t.label != 0 for t in labelled) and any(t.taken != 0 for t in labelled)
 
 
-@pytest.mark.parametrize("extra", [[], ["--hint", "cache-lct", "--bc-policy", "rollout:edf-cache"]])
+@pytest.mark.parametrize("extra", [[], ["--hint", "cache-lct", "--bc-policy", "rollout:edf-cache"],
+                                   ["--hint", "cache-lct", "--bc-policy", "rollout:eat-pods"]])
 def test_cli_refuses_a_residual_run_without_its_hints_teacher(extra: list[str]) -> None:
     r = subprocess.run([sys.executable, "-m", "eat_policy.train", "--residual", *extra], capture_output=True, text=True)
     assert r.returncode != 0 and "residual: give --hint" in r.stderr, r.stderr
+
+
+def test_a_residual_clone_learns_from_its_heuristic_or_a_residual_policy_over_it() -> None:
+    from eat_policy import train
+
+    assert train.teaches_around("rollout:edf-cache-queue-fit", "edf-cache-queue-fit")
+    assert train.teaches_around("edf-cache-queue-fit", "edf-cache-queue-fit")
+    assert train.teaches_around("rollout:eat-pods", "edf-cache-queue-fit")  # residual over that hint
+    assert not train.teaches_around("rollout:eat-pods", "edf-cache-queue")
+    assert not train.teaches_around("eat", "edf-cache-queue")  # eat-edge is shown the hint, not held to it
+    assert not train.teaches_around("rollout:edf-cache", "edf-cache-queue-fit")
 
 
 def test_a_run_started_from_a_policy_keeps_it_until_sac_improves_on_it(tmp_path) -> None:
