@@ -127,9 +127,9 @@ class RolloutTeacher:
         firsts = [(option, f) for option, f in zip(options, factors) for _ in worlds]
         env_rewards = [sim.step(first) for sim, (first, _) in zip(sims, firsts)]
         live = [i for i, sim in enumerate(sims) if _goes_on(sim, n[i])]
+        decide_all = getattr(self.base, "decide_all", None)
         while live:
             snaps = [sims[i].snapshot() for i in live]
-            decide_all = getattr(self.base, "decide_all", None)
             ds = decide_all(snaps) if decide_all is not None else [self.base.decide(snap) for snap in snaps]
             for i, snap, d in zip(live, snaps, ds):
                 env_rewards[i] += sims[i].step(_scaled(snap, d, firsts[i][1]))
