@@ -644,9 +644,10 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
                 log_alpha: torch.Tensor) -> ReplayBuffer:
     """Behaviour cloning from a teacher: its decisions, mapped to options, label every state; the
     actor is trained by cross-entropy through the chain, the critics by the SAC target on the
-    transitions taken. Round 0 follows the teacher; each of ``bc_dagger`` rounds more lets the
-    clone act and the teacher label the states the clone reaches (DAgger), then clones all labels
-    so far again. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
+    transitions taken. Round 0 follows the teacher, unless the actor starts from a trained policy
+    (``init``); each of ``bc_dagger`` rounds more, and round 0 of such a run, lets the clone act
+    and the teacher label the states the clone reaches (DAgger), then clones all labels so far
+    again. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
     assert args.bc_policy is not None
     teacher = make_teacher(args.bc_policy, objective(args), args.teacher_futures, args.teacher_horizon_s,
                            args.teacher_steps_factors, gpu_moves=not args.residual)
@@ -657,7 +658,7 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
         task = bar.add_task(f"warm start from {args.bc_policy}", total=rounds * (args.bc_episodes + args.bc_updates), info="")
         for round_ in range(rounds):
             draws = [EpisodeDraw.draw(args, rng) for _ in range(args.bc_episodes)]
-            clone = actor if round_ > 0 else None
+            clone = actor if round_ > 0 or args.init else None
             bar.update(task, info=f"round {round_ + 1}/{rounds}: labelling {args.bc_episodes} episodes")
             for e, episode in enumerate(_label_episodes(args, draws, teacher, clone, hint, pool)):
                 for t in episode:
@@ -849,7 +850,7 @@ def main(
     out: Path = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(help="Run directory to resume.")] = None,
     init: Annotated[Optional[Path], typer.Option(
-        help="Policy checkpoint to start the actor from (SAC fine-tunes it; no warm start).")] = None,
+        help="Policy checkpoint to start the actor from (SAC fine-tunes it; with --bc-policy, it acts in every warm-start round).")] = None,
     export: Annotated[Optional[Path], typer.Option(help="Copy the best policy checkpoint here.")] = None,
 ) -> None:
     """Train with SAC; writes log.csv, curve.png, state.pt (resume) and policy.pt (serving)."""
@@ -880,9 +881,11 @@ def main(
     if resume is not None and bc_weight > 0 and not (resume / DEMOS_FILE).exists():
         raise typer.BadParameter(f"bc-weight: {resume / DEMOS_FILE} is missing (the run had no warm start), "
                                  "so there is no clone loss to keep")
-    if init is not None and (resume is not None or bc_policy is not None or bc_weight > 0):
-        raise typer.BadParameter("init starts from a trained policy: it takes no --resume, --bc-policy or --bc-weight "
-                                 "(use --kl-weight to hold SAC near it)")
+    if init is not None and resume is not None:
+        raise typer.BadParameter("init starts a new run from a trained policy: it takes no --resume")
+    if bc_weight > 0 and bc_policy is None and resume is None:
+        raise typer.BadParameter("bc-weight keeps a teacher's labels in SAC's actor loss: give --bc-policy "
+                                 "(or, to hold SAC near an --init policy, --kl-weight)")
     if init is not None and not init.is_file():
         raise typer.BadParameter(f"init: {init} is not a file")
     if resume is not None and not (resume / "args.json").exists():

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,7 +289,8 @@ def test_rollout_teachers_are_made_for_training_and_checked_by_the_cli() -> None
     assert r.returncode != 0 and "unknown policy 'edf-kache'" in r.stderr, r.stderr
 
 
-def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels() -> None:
+@pytest.mark.parametrize("init", [None, Path("start.pt")])
+def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels(init: Path | None) -> None:
     import copy
 
     import numpy as np
@@ -297,7 +299,7 @@ def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels() -> None:
 
     torch.manual_seed(0)
     args = train.Args(scenario="paper", points=(0.11, 0.11), batch_size=8, bc_policy="cache-lct", bc_episodes=1,
-                      bc_updates=2, bc_dagger=1)
+                      bc_updates=2, bc_dagger=1, init=init)
     rng = np.random.default_rng(0)
     env = train.make_env(args, rng)
     env.reset(seed=1)
@@ -308,8 +310,11 @@ def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels() -> None:
                                torch.tensor(-3.0, requires_grad=True))
     n = len(rb)
     assert len(labels) == n
-    first = int(np.flatnonzero(rb.done[:n])[0]) + 1  # round 0: one teacher episode
-    assert (rb.action[:first] == labels.action[:first]).all()
+    first = int(np.flatnonzero(rb.done[:n])[0]) + 1  # round 0: one episode
+    if init is None:  # round 0 follows the teacher
+        assert (rb.action[:first] == labels.action[:first]).all()
+    else:  # a run started from a policy lets it act from round 0
+        assert (rb.action[:first] != labels.action[:first]).any()
     assert (rb.action[first:n] != labels.action[first:n]).any(), "in the DAgger round the clone acts"
     for k in rb.obs:
         assert np.array_equal(rb.obs[k][:n], labels.obs[k][:n])
@@ -466,8 +471,8 @@ def test_a_run_started_from_a_policy_keeps_it_until_sac_improves_on_it(tmp_path)
 
 
 @pytest.mark.parametrize(("extra", "error"), [
-    (["--bc-policy", "cache-lct"], "init starts from a trained policy: it takes no --resume, --bc-policy or --bc-weight"),
-    (["--kl-weight", "1", "--bc-weight", "0.5"], "init starts from a trained policy"),
+    (["--resume", "runs/x"], "init starts a new run from a trained policy: it takes no --resume"),
+    (["--kl-weight", "1", "--bc-weight", "0.5"], "bc-weight keeps a teacher's labels in SAC's actor loss: give --bc-policy"),
     (["--scenario", "edge"], "has other networks or inputs: hint is 'edf-cache-queue-fit' there, None here"),
 ])
 def test_cli_refuses_an_init_policy_it_cannot_start_from(extra: list[str], error: str) -> None:
