@@ -6,7 +6,7 @@ and if not, a faster or slower one? fewer or more steps (±5%)? Prints the share
 decisions where both dispatch, how often the policy waits where the hint dispatches, and the
 policy's deadline attainment. ``--keep-hint-gpus`` instead plays the policy with its hint's GPUs
 whenever it dispatches the hint's job with the hint's k (a probe of what its GPU choices cost),
-and prints it against the hint, paired by seed.
+and prints it against the hint, paired by seed. The checkpoint defaults to ``eat-edge-pods``.
 
     python bench/hint_agreement.py policy/eat_policy/checkpoints/eat-edge.pt --nodes 32
 """
@@ -68,7 +68,7 @@ def against_hint(sim: engine.Simulator, probe: HintsGpus, hint_name: str, seeds:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, nargs="?", default=eat_agent.CHECKPOINTS / "eat-edge-pods.pt")
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=2, help="held-out seeds 100000 onwards")
     parser.add_argument("--warm-pool", action="store_true", help="GPUs keep models between jobs")
