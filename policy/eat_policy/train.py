@@ -409,6 +409,11 @@ def train(args: Args) -> Path:
 
     # ALGO LOGIC: networks, targets, optimisers, entropy temperature
     actor = new_actor(args)
+    state = torch.load(run_dir / "state.pt", weights_only=True) if args.resume else None
+    if state is not None:  # a run started from a policy kept that policy's cluster size
+        actor.encoder.train_nodes = state.get("train_nodes", actor.encoder.train_nodes)
+    elif args.init:
+        load_init(actor, args.init)
     train_nodes = actor.encoder.train_nodes
     qf1, qf2 = (nets.Critic(args.variant, args.d_model, step_bins=args.step_bins, hint=bool(args.hint),
                             train_nodes=train_nodes) for _ in range(2))
@@ -418,8 +423,7 @@ def train(args: Args) -> Path:
     log_alpha = torch.tensor(math.log(0.05), requires_grad=True)  # the prototype's α as the start
     a_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     global_step, best = 0, -math.inf
-    if args.resume:
-        state = torch.load(run_dir / "state.pt", weights_only=True)
+    if state is not None:
         for module, key in ((actor, "actor"), (qf1, "qf1"), (qf2, "qf2"), (qf1_target, "qf1_target"), (qf2_target, "qf2_target")):
             module.load_state_dict(state[key])
         for opt, key in ((q_optimizer, "q_opt"), (actor_optimizer, "actor_opt"), (a_optimizer, "a_opt")):
@@ -428,8 +432,6 @@ def train(args: Args) -> Path:
             log_alpha.copy_(state["log_alpha"])
         global_step, best = int(state["global_step"]), float(state["best"])
         rng = np.random.default_rng([args.seed, global_step])
-    elif args.init:
-        load_init(actor, args.init)
 
     env = make_env(args, rng)
     env.reset(seed=1_000_000 + int(rng.integers(2**30)))
@@ -526,7 +528,7 @@ def train(args: Args) -> Path:
                             "qf1_target": qf1_target.state_dict(), "qf2_target": qf2_target.state_dict(),
                             "q_opt": q_optimizer.state_dict(), "actor_opt": actor_optimizer.state_dict(),
                             "a_opt": a_optimizer.state_dict(), "log_alpha": log_alpha.detach(),
-                            "global_step": global_step, "best": best}, run_dir / "state.pt")
+                            "global_step": global_step, "best": best, "train_nodes": train_nodes}, run_dir / "state.pt")
                 plot_curve(run_dir / "log.csv", run_dir / "curve.png")
                 bar.update(task, info=f"eval return {ev['return']:.1f} resp {ev['resp_mean_s']:.1f}s q {ev['quality_mean']:.3f}")
             bar.update(task, completed=global_step)
@@ -612,16 +614,20 @@ def new_actor(args: Args) -> nets.Actor:
 
 def load_init(actor: nets.Actor, path: Path) -> None:
     """``actor`` takes the weights of the policy checkpoint at ``path``, which must have been
-    trained with the same networks and inputs (the same ``nets.config_of``)."""
+    trained with the same networks and inputs (the same ``nets.config_of``), and the cluster size
+    it was trained on (``train_nodes``: a run on another size fine-tunes it there, with the
+    attention's node share it has always had)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         theirs = nets.config_of(nets.actor_from_config(blob["config"]))
     except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
         raise ValueError(f"init: {path} is not a policy checkpoint ({type(e).__name__})") from e
     ours = nets.config_of(actor)
-    if differ := [f"{k} is {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]:
+    if differ := [f"{k} is {theirs[k]!r} there, {ours[k]!r} here" for k in ours
+                  if k != "train_nodes" and theirs[k] != ours[k]]:
         raise ValueError(f"init: {path} has other networks or inputs: " + "; ".join(differ))
     actor.load_state_dict(blob["actor"])
+    actor.encoder.train_nodes = theirs["train_nodes"]
 
 
 def frozen(actor: nets.Actor) -> nets.Actor:
@@ -850,7 +856,8 @@ def main(
     out: Path = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(help="Run directory to resume.")] = None,
     init: Annotated[Optional[Path], typer.Option(
-        help="Policy checkpoint to start the actor from (SAC fine-tunes it; with --bc-policy, it acts in every warm-start round).")] = None,
+        help="Policy checkpoint to start the actor from, keeping the cluster size it trained on (SAC fine-tunes it; "
+             "with --bc-policy, it acts in every warm-start round).")] = None,
     export: Annotated[Optional[Path], typer.Option(help="Copy the best policy checkpoint here.")] = None,
 ) -> None:
     """Train with SAC; writes log.csv, curve.png, state.pt (resume) and policy.pt (serving)."""

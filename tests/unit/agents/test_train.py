@@ -470,6 +470,24 @@ def test_a_run_started_from_a_policy_keeps_it_until_sac_improves_on_it(tmp_path)
     assert [r["step"] for r in rows if r["kind"] == "eval"] == ["1", "3"]
 
 
+def test_a_run_on_another_cluster_size_keeps_the_starting_policys_node_share(tmp_path) -> None:
+    from eat_policy import train
+
+    torch.manual_seed(5)
+    start = train.new_actor(train.Args(scenario="paper"))  # trained on the paper's 4 nodes
+    train.save_policy(start, tmp_path / "start.pt")
+    args = train.Args(scenario="paper", nodes=8, total_timesteps=3, learning_starts=1000, eval_every=1000,
+                      eval_seeds=1, out=tmp_path / "runs", init=tmp_path / "start.pt")
+    assert train.new_actor(args).encoder.train_nodes == 8
+    run_dir = train.train(args)
+    assert eat_agent.load_actor(run_dir / "policy.pt").encoder.train_nodes == 4
+    assert torch.load(run_dir / "state.pt", weights_only=True)["train_nodes"] == 4
+    # resumed (without --init, as the CLI requires), it still has the starting policy's
+    train.train(dataclasses.replace(args, init=None, resume=run_dir, total_timesteps=6))
+    state = torch.load(run_dir / "state.pt", weights_only=True)
+    assert (state["global_step"], state["train_nodes"]) == (6, 4)
+
+
 @pytest.mark.parametrize(("extra", "error"), [
     (["--resume", "runs/x"], "init starts a new run from a trained policy: it takes no --resume"),
     (["--kl-weight", "1", "--bc-weight", "0.5"], "bc-weight keeps a teacher's labels in SAC's actor loss: give --bc-policy"),
