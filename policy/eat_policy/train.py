@@ -446,8 +446,7 @@ def train(args: Args) -> Path:
     demos = None
     if args.bc_policy and not args.resume:
         labels = _warm_start(args, rng, rb, actor, qf1, qf2, qf1_target, qf2_target, actor_optimizer, q_optimizer,
-                             log_alpha)
-        labels.save_states(run_dir / DEMOS_FILE)
+                             log_alpha, run_dir)
         demos = labels if args.bc_weight > 0 else None
     elif args.resume and args.bc_weight > 0:
         demos = load_demos(run_dir)
@@ -647,13 +646,15 @@ def entropy_target(mask: torch.Tensor, may_wait: torch.Tensor, step_bins: int, f
 def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: nets.Actor, qf1: nets.Critic,
                 qf2: nets.Critic, qf1_target: nets.Critic, qf2_target: nets.Critic,
                 actor_optimizer: torch.optim.Optimizer, q_optimizer: torch.optim.Optimizer,
-                log_alpha: torch.Tensor) -> ReplayBuffer:
+                log_alpha: torch.Tensor, run_dir: Path | None = None) -> ReplayBuffer:
     """Behaviour cloning from a teacher: its decisions, mapped to options, label every state; the
     actor is trained by cross-entropy through the chain, the critics by the SAC target on the
     transitions taken. Round 0 follows the teacher, unless the actor starts from a trained policy
     (``init``); each of ``bc_dagger`` rounds more, and round 0 of such a run, lets the clone act
     and the teacher label the states the clone reaches (DAgger), then clones all labels so far
-    again. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
+    again. After each round, ``run_dir`` gets that round's clone (``clone-round-N.pt``) and the
+    labels so far (``demos.npz``), so a long warm start stopped midway can still be evaluated.
+    Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
     assert args.bc_policy is not None
     teacher = make_teacher(args.bc_policy, objective(args), args.teacher_futures, args.teacher_horizon_s,
                            args.teacher_steps_factors, gpu_moves=not args.residual)
@@ -683,6 +684,9 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
                 sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
                            qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
                 bar.advance(task)
+            if run_dir is not None:
+                save_policy(actor, run_dir / f"clone-round-{round_ + 1}.pt")
+                labels.save_states(run_dir / DEMOS_FILE)
     return labels
 
 

@@ -28,7 +28,7 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
     assert "warm start from cache-lct" in ran.stdout and "round 1/1: episode 1/2 labelled" in ran.stdout
     assert "round 1/1: cloning" in ran.stdout
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.npz"):
+    for name in ("log.csv", "curve.png", "state.pt", "policy.pt", "card.json", "args.json", "demos.npz", "clone-round-1.pt"):
         assert (run_dir / name).exists(), name
     card_args = json.loads((run_dir / "card.json").read_text())["args"]
     assert (card_args["target_entropy_frac"], card_args["actor_starts"], card_args["kl_weight"]) == ("0.1", "200", "0.5")
@@ -290,7 +290,7 @@ def test_rollout_teachers_are_made_for_training_and_checked_by_the_cli() -> None
 
 
 @pytest.mark.parametrize("init", [None, Path("start.pt")])
-def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels(init: Path | None) -> None:
+def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels(init: Path | None, tmp_path) -> None:
     import copy
 
     import numpy as np
@@ -307,9 +307,14 @@ def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels(init: Path
     actor, q1, q2 = nets.Actor("eat", d=32, dp=16), nets.Critic("eat", d=32, dp=16), nets.Critic("eat", d=32, dp=16)
     labels = train._warm_start(args, rng, rb, actor, q1, q2, copy.deepcopy(q1), copy.deepcopy(q2),
                                torch.optim.Adam(actor.parameters()), torch.optim.Adam([*q1.parameters(), *q2.parameters()]),
-                               torch.tensor(-3.0, requires_grad=True))
+                               torch.tensor(-3.0, requires_grad=True), tmp_path)
     n = len(rb)
     assert len(labels) == n
+    # each round left its clone and the labels so far: a run stopped midway can be evaluated
+    assert len(train.ReplayBuffer.load_states(tmp_path / train.DEMOS_FILE)) == n
+    rounds = [eat_agent.load_actor(tmp_path / f"clone-round-{r}.pt").state_dict() for r in (1, 2)]
+    assert all(torch.equal(rounds[1][k], v) for k, v in actor.state_dict().items())
+    assert not all(torch.equal(rounds[0][k], v) for k, v in actor.state_dict().items())
     first = int(np.flatnonzero(rb.done[:n])[0]) + 1  # round 0: one episode
     if init is None:  # round 0 follows the teacher
         assert (rb.action[:first] == labels.action[:first]).all()
