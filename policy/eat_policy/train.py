@@ -385,7 +385,8 @@ def plot_curve(log_path: Path, png: Path) -> None:
 
 
 def train(args: Args) -> Path:
-    """Run one training; returns the run directory (log.csv, curve.png, state.pt, policy.pt)."""
+    """Run one training; returns the run directory (log.csv, curve.png, state.pt, policy.pt, and
+    with a warm start demos.npz and clone-round-N.pt)."""
     if args.variant not in nets.VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(nets.VARIANTS)}, got {args.variant!r}")
     torch.set_num_threads(args.threads)
@@ -864,7 +865,8 @@ def main(
              "with --bc-policy, it acts in every warm-start round).")] = None,
     export: Annotated[Optional[Path], typer.Option(help="Copy the best policy checkpoint here.")] = None,
 ) -> None:
-    """Train with SAC; writes log.csv, curve.png, state.pt (resume) and policy.pt (serving)."""
+    """Train with SAC; writes log.csv, curve.png, state.pt (resume) and policy.pt (serving), and with
+    --bc-policy the labelled states (demos.npz) and each warm-start round's clone (clone-round-N.pt)."""
     if scenario not in DEFAULTS:
         raise typer.BadParameter(f"scenario must be paper or edge, got {scenario!r}")
     if variant not in nets.VARIANTS:
