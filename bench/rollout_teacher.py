@@ -23,6 +23,7 @@ of ``eat-edge-pods``' teacher.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from sim_throughput import episode_rate
 
@@ -43,16 +44,17 @@ def pods() -> engine.Simulator:
     return engine.Simulator(scenarios.edge(n_nodes=8, load=0.8, n_jobs=40, gpu_keeps_model=False))
 
 
-def residual_teacher(policy: str, futures: int, horizon_s: float) -> rollout.RolloutTeacher:
-    return rollout.RolloutTeacher(policy, train.objective(train.Args(scenario="edge")), futures, horizon_s,
-                                  SHIPPED_FACTORS, gpu_moves=False)
+def residual_teacher(policy: str, futures: int, horizon_s: float) -> base.Policy:
+    """The teacher a residual training run over ``policy``'s hint makes (``train --residual``)."""
+    return train.make_teacher(rollout.PREFIX + policy, train.objective(train.Args(scenario="edge")), futures,
+                              horizon_s, SHIPPED_FACTORS, gpu_moves=False)
 
 
-def median_rate(make_sim, policy: base.Policy) -> float:  # type: ignore[no-untyped-def]
+def median_rate(make_sim: Callable[[], engine.Simulator], policy: base.Policy) -> float:
     return statistics.median(episode_rate(make_sim(), policy, s) for s in SEEDS)
 
 
-def report(make_sim, played: str, teachers: dict[str, base.Policy]) -> None:  # type: ignore[no-untyped-def]
+def report(make_sim: Callable[[], engine.Simulator], played: str, teachers: dict[str, base.Policy]) -> None:
     rate = median_rate(make_sim, base.make(played))
     print(f"{played:<46} {rate:10.1f} decisions/s (median of {len(SEEDS)} episodes)")
     for name, teacher in teachers.items():
