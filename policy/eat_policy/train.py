@@ -134,6 +134,9 @@ class Args:
     bc_dagger: int = 0
     """DAgger rounds after the first clone: ``bc_episodes`` more episodes in which the clone acts
     and the teacher labels what it reaches, then ``bc_updates`` more on all labels."""
+    bc_max_decisions: Optional[int] = None
+    """Label at most this many decisions of each warm-start episode (None: every one): bounds a
+    round's cost where a clone lets the queue grow, since each rollout label plays out the queue."""
     bc_updates: int = 0
     """Cross-entropy updates of the actor (and TD updates of the critics) on those episodes."""
     bc_weight: float = 0.0
@@ -362,6 +365,49 @@ def greedy_eval(actor: nets.Actor, args: Args) -> dict[str, float]:
     return {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else float("nan") for k, v in rows.items()}
 
 
+class RunLog:
+    """A run's log.csv (and TensorBoard) rows and its held-out evaluations: the best policy
+    evaluated so far is the run's ``policy.pt``, whether a warm start's clone or SAC's actor."""
+
+    COLUMNS = ["kind", "step", "wall_s", "return", "resp_mean_s", "quality_mean", "deadline_attainment",
+               "qf_loss", "actor_loss", "alpha", "entropy"]
+
+    def __init__(self, args: Args, run_dir: Path, start_wall: float, best: float = -math.inf) -> None:
+        self.args, self.run_dir, self.start_wall, self.best = args, run_dir, start_wall, best
+        self.writer = _summary_writer(run_dir)
+        self._file = (run_dir / "log.csv").open("a", newline="")
+        self._csv = csv.writer(self._file)
+        if self._file.tell() == 0:
+            self._csv.writerow(self.COLUMNS)
+
+    def row(self, kind: str, step: int, ret: float, m: dict, losses: dict | None = None, alpha: float = math.nan) -> None:
+        losses = losses or {}
+        self._csv.writerow([kind, step, round(time.time() - self.start_wall, 1), ret, m.get("resp_mean_s"),
+                            m.get("quality_mean"), m.get("deadline_attainment"), losses.get("qf", math.nan),
+                            losses.get("actor", math.nan), alpha, losses.get("entropy", math.nan)])
+
+    def evaluate(self, actor: nets.Actor, kind: str, step: int, losses: dict | None = None,
+                 alpha: float = math.nan) -> tuple[dict[str, float], bool]:
+        """Evaluate ``actor`` on the held-out seeds and log it; returns the figures and whether
+        it is the best so far (then saved as ``policy.pt``)."""
+        ev = greedy_eval(actor, self.args)
+        self.row(kind, step, ev["return"], ev, losses, alpha)
+        self._file.flush()
+        if self.writer:
+            for key, value in ev.items():
+                self.writer.add_scalar(f"{kind}/{key}", value, step)
+        improved = ev["return"] > self.best
+        if improved:
+            self.best = ev["return"]
+            save_policy(actor, self.run_dir / "policy.pt")
+        return ev, improved
+
+    def close(self) -> None:
+        self._file.close()
+        if self.writer:
+            self.writer.close()
+
+
 def plot_curve(log_path: Path, png: Path) -> None:
     import matplotlib
 
@@ -402,10 +448,6 @@ def train(args: Args) -> Path:
     else:
         run_dir = args.out / f"{args.scenario}__{args.variant}__{args.seed}__{int(time.time())}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    writer = _summary_writer(run_dir)
-    table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
-    if writer:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), default=str, indent=1))
 
     # ALGO LOGIC: networks, targets, optimisers, entropy temperature
@@ -433,6 +475,11 @@ def train(args: Args) -> Path:
             log_alpha.copy_(state["log_alpha"])
         global_step, best = int(state["global_step"]), float(state["best"])
         rng = np.random.default_rng([args.seed, global_step])
+    run_log = RunLog(args, run_dir, start_wall, best)
+    writer = run_log.writer
+    if writer:
+        table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
 
     env = make_env(args, rng)
     env.reset(seed=1_000_000 + int(rng.integers(2**30)))
@@ -447,17 +494,12 @@ def train(args: Args) -> Path:
     demos = None
     if args.bc_policy and not args.resume:
         labels = _warm_start(args, rng, rb, actor, qf1, qf2, qf1_target, qf2_target, actor_optimizer, q_optimizer,
-                             log_alpha, run_dir)
+                             log_alpha, run_log)
         demos = labels if args.bc_weight > 0 else None
     elif args.resume and args.bc_weight > 0:
         demos = load_demos(run_dir)
     reference = frozen(actor) if args.kl_weight > 0 else None
 
-    log_file = (run_dir / "log.csv").open("a", newline="")
-    log = csv.writer(log_file)
-    if log_file.tell() == 0:
-        log.writerow(["kind", "step", "wall_s", "return", "resp_mean_s", "quality_mean", "deadline_attainment",
-                      "qf_loss", "actor_loss", "alpha", "entropy"])
     episode_return, losses = 0.0, {"qf": float("nan"), "actor": float("nan"), "entropy": float("nan")}
     start_step = global_step
     with progress.bar() as bar:
@@ -487,9 +529,7 @@ def train(args: Args) -> Path:
             global_step += 1
             if done:
                 m = info.get("metrics", {})
-                log.writerow(["episode", global_step, round(time.time() - start_wall, 1), episode_return,
-                              m.get("resp_mean_s"), m.get("quality_mean"), m.get("deadline_attainment"),
-                              losses["qf"], losses["actor"], log_alpha.exp().item(), losses["entropy"]])
+                run_log.row("episode", global_step, episode_return, m, losses, log_alpha.exp().item())
                 if writer:
                     writer.add_scalar("charts/episodic_return", episode_return, global_step)
                     writer.add_scalar("charts/resp_mean_s", m.get("resp_mean_s", float("nan")), global_step)
@@ -511,41 +551,32 @@ def train(args: Args) -> Path:
                     writer.add_scalar("charts/SPS", (global_step - start_step) / (time.time() - start_wall), global_step)
 
             out_of_time = (time.time() - start_wall) / 60 > args.max_minutes
-            first = global_step == start_step + 1 and args.starts_from_policy
+            # a policy given to the run (by --init, or not yet evaluated by its warm start) is
+            # evaluated before SAC moves it, so policy.pt is never worse than where the run began
+            first = global_step == start_step + 1 and args.starts_from_policy and run_log.best == -math.inf
             if global_step % args.eval_every == 0 or out_of_time or global_step >= args.total_timesteps or first:
-                ev = greedy_eval(actor, args)
-                log.writerow(["eval", global_step, round(time.time() - start_wall, 1), ev["return"], ev["resp_mean_s"],
-                              ev["quality_mean"], ev["deadline_attainment"], losses["qf"], losses["actor"],
-                              log_alpha.exp().item(), losses["entropy"]])
-                log_file.flush()
-                if writer:
-                    for key, value in ev.items():
-                        writer.add_scalar(f"eval/{key}", value, global_step)
-                if ev["return"] > best:
-                    best = ev["return"]
-                    save_policy(actor, run_dir / "policy.pt")
+                ev, _ = run_log.evaluate(actor, "eval", global_step, losses, log_alpha.exp().item())
                 torch.save({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(),
                             "qf1_target": qf1_target.state_dict(), "qf2_target": qf2_target.state_dict(),
                             "q_opt": q_optimizer.state_dict(), "actor_opt": actor_optimizer.state_dict(),
                             "a_opt": a_optimizer.state_dict(), "log_alpha": log_alpha.detach(),
-                            "global_step": global_step, "best": best, "train_nodes": train_nodes}, run_dir / "state.pt")
+                            "global_step": global_step, "best": run_log.best, "train_nodes": train_nodes},
+                           run_dir / "state.pt")
                 plot_curve(run_dir / "log.csv", run_dir / "curve.png")
                 bar.update(task, info=f"eval return {ev['return']:.1f} resp {ev['resp_mean_s']:.1f}s q {ev['quality_mean']:.3f}")
             bar.update(task, completed=global_step)
             if out_of_time:
                 break
-    log_file.close()
+    run_log.close()
     wall = time.time() - start_wall
     card = {"scenario": args.scenario, "variant": args.variant, "seed": args.seed, "steps": global_step,
-            "wall_s": round(wall, 1), "best_eval_return": best, "torch": torch.__version__,
+            "wall_s": round(wall, 1), "best_eval_return": run_log.best, "torch": torch.__version__,
             "args": {k: str(v) for k, v in dataclasses.asdict(args).items()}}
     (run_dir / "card.json").write_text(json.dumps(card, indent=1))
     if args.export:
         args.export.parent.mkdir(parents=True, exist_ok=True)
         args.export.write_bytes((run_dir / "policy.pt").read_bytes())
         args.export.with_suffix(".json").write_text(json.dumps(card, indent=1))
-    if writer:
-        writer.close()
     return run_dir
 
 
@@ -647,21 +678,31 @@ def entropy_target(mask: torch.Tensor, may_wait: torch.Tensor, step_bins: int, f
 def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: nets.Actor, qf1: nets.Critic,
                 qf2: nets.Critic, qf1_target: nets.Critic, qf2_target: nets.Critic,
                 actor_optimizer: torch.optim.Optimizer, q_optimizer: torch.optim.Optimizer,
-                log_alpha: torch.Tensor, run_dir: Path | None = None) -> ReplayBuffer:
+                log_alpha: torch.Tensor, run_log: RunLog | None = None) -> ReplayBuffer:
     """Behaviour cloning from a teacher: its decisions, mapped to options, label every state; the
     actor is trained by cross-entropy through the chain, the critics by the SAC target on the
     transitions taken. Round 0 follows the teacher, unless the actor starts from a trained policy
     (``init``); each of ``bc_dagger`` rounds more, and round 0 of such a run, lets the clone act
     and the teacher label the states the clone reaches (DAgger), then clones all labels so far
-    again. After each round, ``run_dir`` gets that round's clone (``clone-round-N.pt``) and the
-    labels so far (``demos.npz``), so a long warm start stopped midway can still be evaluated.
-    Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
+    again. With ``run_log``, each round's clone is saved (``clone-round-N.pt``) with the labels so
+    far (``demos.npz``), so a long warm start stopped midway can still be used, and evaluated
+    (log.csv's ``clone`` rows; step 0 is the ``init`` policy): the actor leaves the warm start as
+    the best of them. Returns the labelled states (the demonstrations SAC's clone loss keeps)."""
     assert args.bc_policy is not None
     teacher = make_teacher(args.bc_policy, objective(args), args.teacher_futures, args.teacher_horizon_s,
                            args.teacher_steps_factors, gpu_moves=not args.residual)
     hint = eat_agent.hinter_of(actor)
     labels = ReplayBuffer(args.buffer_size, {k: v[0] for k, v in rb.obs.items()})
     rounds = 1 + args.bc_dagger
+    best: dict[str, torch.Tensor] | None = None
+
+    def keep_if_best(round_: int) -> None:
+        nonlocal best
+        if run_log is not None and run_log.evaluate(actor, "clone", round_)[1]:
+            best = copy.deepcopy(actor.state_dict())
+
+    if args.init:
+        keep_if_best(0)
     with progress.bar() as bar, _labelling_pool(args.workers) as pool:
         task = bar.add_task(f"warm start from {args.bc_policy}", total=rounds * (args.bc_episodes + args.bc_updates), info="")
         for round_ in range(rounds):
@@ -675,20 +716,34 @@ def _warm_start(args: Args, rng: np.random.Generator, rb: ReplayBuffer, actor: n
                 bar.advance(task)
                 bar.update(task, info=f"round {round_ + 1}/{rounds}: episode {e + 1}/{args.bc_episodes} labelled, {len(labels)} labels")
             bar.update(task, info=f"round {round_ + 1}/{rounds}: cloning {len(labels)} labels")
-            for i in range(args.bc_updates):
-                obs, actions, _, _, _ = labels.sample(args.batch_size, rng)
-                logp = nets.masked_log_probs(*actor(obs), obs)
-                loss = F.nll_loss(logp, actions)
-                actor_optimizer.zero_grad()
-                loss.backward()
-                actor_optimizer.step()
-                sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
-                           qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
+            for _ in range(args.bc_updates):
+                _clone_update(args, rng, labels, rb, actor, qf1, qf2, qf1_target, qf2_target, actor_optimizer,
+                              q_optimizer, log_alpha)
                 bar.advance(task)
-            if run_dir is not None:
-                save_policy(actor, run_dir / f"clone-round-{round_ + 1}.pt")
-                labels.save_states(run_dir / DEMOS_FILE)
+            if run_log is not None:
+                save_policy(actor, run_log.run_dir / f"clone-round-{round_ + 1}.pt")
+                labels.save_states(run_log.run_dir / DEMOS_FILE)
+                bar.update(task, info=f"round {round_ + 1}/{rounds}: evaluating the clone")
+                keep_if_best(round_ + 1)
+    if best is not None:
+        actor.load_state_dict(best)
     return labels
+
+
+def _clone_update(args: Args, rng: np.random.Generator, labels: ReplayBuffer, rb: ReplayBuffer, actor: nets.Actor,
+                  qf1: nets.Critic, qf2: nets.Critic, qf1_target: nets.Critic, qf2_target: nets.Critic,
+                  actor_optimizer: torch.optim.Optimizer, q_optimizer: torch.optim.Optimizer,
+                  log_alpha: torch.Tensor) -> None:
+    """One cross-entropy step of the actor on the labels, and one TD step of the critics on the
+    transitions taken."""
+    obs, actions, _, _, _ = labels.sample(args.batch_size, rng)
+    logp = nets.masked_log_probs(*actor(obs), obs)
+    loss = F.nll_loss(logp, actions)
+    actor_optimizer.zero_grad()
+    loss.backward()
+    actor_optimizer.step()
+    sac_update(dataclasses.replace(args, policy_frequency=10**9), 1, rb, rng, actor, qf1, qf2, qf1_target,
+               qf2_target, q_optimizer, actor_optimizer, actor_optimizer, log_alpha)
 
 
 class Labelled(NamedTuple):
@@ -741,13 +796,14 @@ def _label_episode_in_worker(args: Args, draw: EpisodeDraw, clone_blob: dict | N
 
 def _label_episode(args: Args, draw: EpisodeDraw, teacher: base.Policy, clone: nets.Actor | None,
                    hint: nets.Hinter | None) -> list[Labelled]:
-    """One training episode: the teacher labels every state; the clone acts if given, else the
-    teacher."""
+    """One training episode (its first ``bc_max_decisions``): the teacher labels every state; the
+    clone acts if given, else the teacher."""
     env = sim_env.SchedulingEnv(draw.scenario, args.step_bins)
     env.reset(seed=draw.seed)
     base.begin_episode(teacher, env.sim, draw.seed)
-    done, out = env.sim.done, []
-    while not done:
+    done, out = env.sim.done, list[Labelled]()
+    cap = args.bc_max_decisions or math.inf
+    while not done and len(out) < cap:
         snap = env.sim.snapshot()
         obs = nets.observe(snap, env.scenario.window, hint, args.residual)
         label = option_of(snap, teacher.decide(snap), args.step_bins)
@@ -847,6 +903,8 @@ def main(
     bc_episodes: int = 0,
     bc_updates: int = 0,
     bc_dagger: Annotated[int, typer.Option(help="DAgger rounds after the first clone (the clone acts, the teacher labels).")] = 0,
+    bc_max_decisions: Annotated[Optional[int], typer.Option(
+        help="Label at most this many decisions of each warm-start episode (default: all).")] = None,
     bc_weight: Annotated[float, typer.Option(help="Keep this weight x the clone loss in SAC's actor loss.")] = 0.0,
     target_entropy_frac: Annotated[float, typer.Option(
         help="SAC's target entropy as this fraction of the uniform entropy over the open options.")] = 0.2,
@@ -865,8 +923,9 @@ def main(
              "with --bc-policy, it acts in every warm-start round).")] = None,
     export: Annotated[Optional[Path], typer.Option(help="Copy the best policy checkpoint here.")] = None,
 ) -> None:
-    """Train with SAC; writes log.csv, curve.png, state.pt (resume) and policy.pt (serving), and with
-    --bc-policy the labelled states (demos.npz) and each warm-start round's clone (clone-round-N.pt)."""
+    """Train with SAC; writes log.csv, curve.png, state.pt (resume) and policy.pt (serving: the best
+    policy evaluated), and with --bc-policy the labelled states (demos.npz) and each warm-start
+    round's clone (clone-round-N.pt, evaluated too: SAC starts from the best of them)."""
     if scenario not in DEFAULTS:
         raise typer.BadParameter(f"scenario must be paper or edge, got {scenario!r}")
     if variant not in nets.VARIANTS:
@@ -877,6 +936,8 @@ def main(
         raise typer.BadParameter(f"kl-weight must be at least 0, got {kl_weight}")
     if workers < 1:
         raise typer.BadParameter(f"workers must be at least 1, got {workers}")
+    if bc_max_decisions is not None and bc_max_decisions < 1:
+        raise typer.BadParameter(f"bc-max-decisions must be at least 1, got {bc_max_decisions}")
     if not 0 < target_entropy_frac <= 1:
         raise typer.BadParameter(f"target-entropy-frac must be in (0, 1], got {target_entropy_frac}")
     if mode not in ("choose-k", "fixed-k", "mixed"):
@@ -918,7 +979,8 @@ def main(
                 max_minutes=max_minutes, nodes=nodes, mode=mode, gpu_keeps_model=gpu_keeps_model, learning_starts=learning_starts, batch_size=batch_size,
                 eval_every=eval_every, eval_seeds=eval_seeds, hint=hint, residual=residual, bc_policy=bc_policy, bc_episodes=bc_episodes,
                 teacher_futures=teacher_futures, teacher_horizon_s=teacher_horizon, teacher_steps_factors=factors,
-                bc_updates=bc_updates, bc_dagger=bc_dagger, bc_weight=bc_weight, step_bins=step_bins, threads=threads, workers=workers, out=out, resume=resume, init=init,
+                bc_updates=bc_updates, bc_dagger=bc_dagger,
+                bc_max_decisions=bc_max_decisions, bc_weight=bc_weight, step_bins=step_bins, threads=threads, workers=workers, out=out, resume=resume, init=init,
                 export=export, quality_weight=quality_weight, points=span, eval_nodes=sizes,
                 target_entropy_frac=target_entropy_frac, actor_starts=actor_starts, kl_weight=kl_weight)
     if init is not None:

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,9 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
     card_args = json.loads((run_dir / "card.json").read_text())["args"]
     assert (card_args["target_entropy_frac"], card_args["actor_starts"], card_args["kl_weight"]) == ("0.1", "200", "0.5")
     rows = list(csv.DictReader((run_dir / "log.csv").open()))
-    assert any(r["kind"] == "episode" for r in rows) and any(r["kind"] == "eval" for r in rows)
+    assert any(r["kind"] == "episode" for r in rows)
+    # the warm start evaluated its clone, so SAC's first evaluation is its periodic one
+    assert [(r["kind"], r["step"]) for r in rows if r["kind"] != "episode"] == [("clone", "1"), ("eval", "240")]
     exported = eat_agent.load_actor(tmp_path / "exported.pt")
     assert exported.encoder.train_nodes == 4  # the paper scenario's cluster, for the node-share correction
     assert torch.load(run_dir / "state.pt", weights_only=True)["global_step"] == 240
@@ -146,6 +149,7 @@ def test_cli_refuses_an_unknown_mode() -> None:
     ("--target-entropy-frac", "0", "target-entropy-frac must be in (0, 1]"),
     ("--target-entropy-frac", "1.5", "target-entropy-frac must be in (0, 1]"),
     ("--kl-weight", "-1", "kl-weight must be at least 0"),
+    ("--bc-max-decisions", "0", "bc-max-decisions must be at least 1"),
     ("--teacher-futures", "4", "teacher-futures, -horizon and -steps-factors shape a rollout: teacher"),
     ("--teacher-horizon", "10", "teacher-futures, -horizon and -steps-factors shape a rollout: teacher"),
     ("--teacher-steps-factors", "0.5", "teacher-futures, -horizon and -steps-factors shape a rollout: teacher"),
@@ -299,22 +303,32 @@ def test_dagger_rounds_let_the_clone_act_and_keep_the_teachers_labels(init: Path
 
     torch.manual_seed(0)
     args = train.Args(scenario="paper", points=(0.11, 0.11), batch_size=8, bc_policy="cache-lct", bc_episodes=1,
-                      bc_updates=2, bc_dagger=1, init=init)
+                      bc_updates=2, bc_dagger=1, init=init, eval_points=(0.11,), eval_seeds=1)
     rng = np.random.default_rng(0)
     env = train.make_env(args, rng)
     env.reset(seed=1)
     rb = train.ReplayBuffer(2000, nets.observe(env.sim.snapshot(), env.scenario.window))
     actor, q1, q2 = nets.Actor("eat", d=32, dp=16), nets.Critic("eat", d=32, dp=16), nets.Critic("eat", d=32, dp=16)
+    start = copy.deepcopy(actor.state_dict())
+    run_log = train.RunLog(args, tmp_path, time.time())
     labels = train._warm_start(args, rng, rb, actor, q1, q2, copy.deepcopy(q1), copy.deepcopy(q2),
                                torch.optim.Adam(actor.parameters()), torch.optim.Adam([*q1.parameters(), *q2.parameters()]),
-                               torch.tensor(-3.0, requires_grad=True), tmp_path)
+                               torch.tensor(-3.0, requires_grad=True), run_log)
+    run_log.close()
     n = len(rb)
     assert len(labels) == n
     # each round left its clone and the labels so far: a run stopped midway can be evaluated
     assert len(train.ReplayBuffer.load_states(tmp_path / train.DEMOS_FILE)) == n
-    rounds = [eat_agent.load_actor(tmp_path / f"clone-round-{r}.pt").state_dict() for r in (1, 2)]
-    assert all(torch.equal(rounds[1][k], v) for k, v in actor.state_dict().items())
-    assert not all(torch.equal(rounds[0][k], v) for k, v in actor.state_dict().items())
+    rounds = [start] + [eat_agent.load_actor(tmp_path / f"clone-round-{r}.pt").state_dict() for r in (1, 2)]
+    assert not all(torch.equal(rounds[1][k], v) for k, v in rounds[2].items())
+    # every clone was evaluated (and the starting policy, where there is one), and the actor
+    # leaves the warm start as the best of them, which is also policy.pt
+    evals = [r for r in csv.DictReader((tmp_path / "log.csv").open()) if r["kind"] == "clone"]
+    assert [int(r["step"]) for r in evals] == ([0, 1, 2] if init else [1, 2])
+    best = int(max(evals, key=lambda r: float(r["return"]))["step"])
+    assert run_log.best == max(float(r["return"]) for r in evals)
+    for weights in (actor.state_dict(), eat_agent.load_actor(tmp_path / "policy.pt").state_dict()):
+        assert all(torch.equal(rounds[best][k], v) for k, v in weights.items())
     first = int(np.flatnonzero(rb.done[:n])[0]) + 1  # round 0: one episode
     if init is None:  # round 0 follows the teacher
         assert (rb.action[:first] == labels.action[:first]).all()
@@ -414,6 +428,21 @@ def test_worker_processes_label_as_this_process_does_and_repeat_with_the_seed() 
     assert all(t.taken == t.label for episode in here for t in episode)
     assert actions(dagger[0]) == actions(dagger[1])
     assert any(t.taken != t.label for episode in dagger[0] for t in episode), "the clone acts"
+
+
+def test_a_labelled_episode_stops_at_its_decision_cap() -> None:
+    import numpy as np
+
+    from eat_policy import train
+
+    args = train.Args(scenario="paper", points=(0.11, 0.11), bc_policy="cache-lct")
+    draw = train.EpisodeDraw.draw(args, np.random.default_rng(4))
+    teacher = train.make_teacher("cache-lct", train.objective(args))
+    whole = train._label_episode(args, draw, teacher, None, None)
+    capped = train._label_episode(dataclasses.replace(args, bc_max_decisions=5), draw, teacher, None, None)
+    assert len(whole) > 5 and whole[-1].done
+    assert [(t.label, t.reward) for t in capped] == [(t.label, t.reward) for t in whole[:5]]
+    assert not capped[-1].done  # cut short, it still bootstraps from the state it reached
 
 
 def test_a_residual_run_labels_and_takes_only_its_hints_options() -> None:
