@@ -71,7 +71,7 @@ class ClusterCache:
     def _unplaced(self, group: str) -> int:
         """Members of ``group`` still to place on their planned nodes (0 for a group that is gone)."""
         g = self._groups.get(group)
-        return sum(state.remaining_plan(g.plan, g.bound_nodes).values()) if g is not None else 0
+        return sum(state.remaining_plan(g.plan, g.bound_slots).values()) if g is not None else 0
 
     def counts(self) -> tuple[int, int]:
         """(nodes, tracked pods)."""

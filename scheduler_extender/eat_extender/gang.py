@@ -62,7 +62,7 @@ def check(pod: state.PodView, cluster: state.ClusterState, held: Mapping[str, in
         return Verdict(True)
     assert pod.group is not None
     group = cluster.groups.get(pod.group)
-    bound = group.bound_nodes if group else ()
+    bound = group.bound_slots if group else ()
     if pod.group_nodes:
         return _check_planned(pod, cluster, held, bound)
     return _check_aggregate(pod, cluster, held, bound)

@@ -249,8 +249,9 @@ class GroupState:
     plan: tuple[str, ...]
     """Planned node of every rank (from a member's ``ANNOTATION_GROUP_NODES``)."""
     gpus_per_member: int
-    bound_nodes: tuple[str, ...]
-    """The node of every member already bound, terminated members included, sorted."""
+    bound_slots: tuple[str, ...]
+    """The planned node of every member already bound (its bound node when it has no plan),
+    terminated members included, sorted: the plan slots those members have used up."""
     members: int
     """Members that exist (bound or not)."""
 
@@ -263,14 +264,21 @@ def group_state(key: str, members: Iterable[PodView]) -> GroupState:
         # Members of one group carry one plan; if they ever disagree, pick one deterministically.
         plan=max(plans) if plans else (),
         gpus_per_member=max((m.gpus for m in ms), default=0),
-        bound_nodes=tuple(sorted(m.node_name for m in ms if m.node_name)),
+        bound_slots=tuple(sorted(_slot(m) for m in ms if m.node_name)),
         members=len(ms),
     )
 
 
-def remaining_plan(plan: Iterable[str], bound_nodes: Iterable[str]) -> collections.Counter[str]:
-    """Members still to place per planned node: the plan minus where members already are."""
-    return collections.Counter(plan) - collections.Counter(bound_nodes)
+def _slot(member: PodView) -> str:
+    # The extender is ignorable, so kube-scheduler may bind a member off its plan (extender down
+    # or timing out). It still fills its own rank: counting it on the node it landed on would
+    # leave its planned node waiting, or holding a GPU, for a member that will never come.
+    return member.planned_node or member.node_name
+
+
+def remaining_plan(plan: Iterable[str], bound_slots: Iterable[str]) -> collections.Counter[str]:
+    """Members still to place per planned node: the plan minus the slots bound members use."""
+    return collections.Counter(plan) - collections.Counter(bound_slots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +300,7 @@ class ClusterState:
         for key, until in self.admissions.items():
             group = self.groups.get(key)
             if group is not None and group.gpus_per_member > 0:
-                out[key] = (until, group.gpus_per_member, dict(remaining_plan(group.plan, group.bound_nodes)))
+                out[key] = (until, group.gpus_per_member, dict(remaining_plan(group.plan, group.bound_slots)))
         return MappingProxyType(out)
 
 

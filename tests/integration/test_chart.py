@@ -270,6 +270,13 @@ def test_scheduler_config_is_the_shared_file_and_loads(tmp_path: Path) -> None:
     assert eff["leaderElection"]["leaderElect"] is True
 
 
+def test_scheduler_without_leader_election_is_recreated() -> None:
+    """No Lease keeps an old and a new kube-scheduler apart during a rolling update."""
+    alone = workloads(render(None, "--set", "scheduler.leaderElect=false"))["scheduler"]
+    assert alone["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in workloads(render())["scheduler"]["spec"]  # the Lease does it
+
+
 def test_checkpoint_can_be_mounted() -> None:
     objs = render(None, "--set", "policy.checkpoint.volume.persistentVolumeClaim.claimName=ckpts",
                   "--set", "policy.checkpoint.file=v2.pt")
@@ -415,6 +422,9 @@ def test_every_value_is_documented_with_examples() -> None:
     pytest.param(["--set", "tmpSizeLimit=512K"], "at '/tmpSizeLimit': '512K' does not match", id="quantity-suffix"),
     pytest.param(["--set", "modelCache.hostPath=relative/dir"],
                  "at '/modelCache/hostPath': 'relative/dir' does not match", id="relative-host-path"),
+    pytest.param(["--set", "scheduler.extenderUrl=https://eat-extender.eat.svc:8443"],
+                 "at '/scheduler/extenderUrl': 'https://eat-extender.eat.svc:8443' does not match",
+                 id="https-extender-without-tls-config"),
     pytest.param(["--set", "operator.replicaCount=2", "--set", "operator.leaderElection.enabled=false"],
                  "operator.replicaCount is 2 but operator.leaderElection.enabled is false",
                  id="replicas-without-lease"),

@@ -54,6 +54,28 @@ def test_finished_members_count_as_placed() -> None:
     assert gang.check(view(pods[1]), s, {}).fits
 
 
+def off_plan_gang() -> list[dict]:  # type: ignore[type-arg]
+    """Rank 0 of a (x, y) plan, bound to z while the extender was skipped (it is ignorable)."""
+    pods = kube.gang("g", ["x", "y"])
+    pods[0]["spec"]["nodeName"] = "z"
+    pods[0]["status"]["phase"] = "Running"
+    return pods
+
+
+def test_a_member_bound_off_plan_fills_its_own_rank() -> None:
+    """x is full (which is why rank 0 went elsewhere): rank 1 must not wait for a rank 0 on x."""
+    busy = kube.make_pod("busy", 1, node="x", phase="Running")
+    pods = off_plan_gang()
+    s = build_state(nodes(x=1, y=1, z=1), [busy, *pods])
+    assert s.groups["render/g"].bound_slots == ("x",)
+    assert gang.check(view(pods[1]), s, {}).fits
+
+
+def test_an_admitted_group_holds_nothing_for_a_member_bound_off_plan() -> None:
+    s = build_state(nodes(x=2, y=1, z=1), off_plan_gang(), admissions={"render/g": NOW + 10})
+    assert gang.held_gpus(s, NOW) == {"y": 1}
+
+
 def test_a_retry_is_a_gang_of_its_own() -> None:
     """The last attempt's rank 2, still terminating on c, is not a member placed for the retry,
     whose plan (c, d) is the one checked: c is full, so the retry waits."""
@@ -63,7 +85,7 @@ def test_a_retry_is_a_gang_of_its_own() -> None:
     retry = kube.gang("job", ["c", "d"], attempt=2)
     s = build_state(nodes(c=1, d=1), [old, *retry])
     v = gang.check(view(retry[1]), s, {})
-    assert view(retry[1]).group == "render/job#2" and s.groups["render/job#2"].bound_nodes == ()
+    assert view(retry[1]).group == "render/job#2" and s.groups["render/job#2"].bound_slots == ()
     assert not v.fits and v.shortfalls == (gang.Shortfall("c", 1, 1, 0),)
 
 

@@ -119,8 +119,8 @@ def test_groups_record_plan_and_bound_members() -> None:
     pods[0]["spec"]["nodeName"] = "a"
     s = build_state([kube.make_node("a"), kube.make_node("b")], pods)
     g = s.groups["render/g"]
-    assert (g.plan, g.bound_nodes, g.members, g.gpus_per_member) == (("a", "b", "a"), ("a",), 3, 1)
-    assert state.remaining_plan(g.plan, g.bound_nodes) == {"a": 1, "b": 1}
+    assert (g.plan, g.bound_slots, g.members, g.gpus_per_member) == (("a", "b", "a"), ("a",), 3, 1)
+    assert state.remaining_plan(g.plan, g.bound_slots) == {"a": 1, "b": 1}
 
 
 def test_cache_applies_events_like_a_rebuild(clock: object) -> None:
@@ -137,7 +137,8 @@ def test_cache_applies_events_like_a_rebuild(clock: object) -> None:
             name = f"p{step}"
             group = rng.choice([None, "g1", "g2"])
             pod = kube.make_pod(name, rng.choice([None, 1, 2]), group=group,
-                                group_nodes=["n0", "n1"] if group else None)
+                                group_nodes=["n0", "n1"] if group else None,
+                                planned=rng.choice([None, "n0", "n1"]) if group else None)
             if rng.random() < 0.5:
                 pod["spec"]["nodeName"] = rng.choice(list(nodes))
                 pod["status"]["phase"] = "Running"
@@ -174,7 +175,7 @@ def test_replacing_a_nodes_pods_keeps_other_nodes_and_groups() -> None:
         replace([wire.Pod.model_validate(members[0])])  # x is gone
     s = c.snapshot()
     assert (s.nodes["a"].gpus_free, s.nodes["b"].gpus_free) == (3, 3)
-    assert s.groups["render/g"].bound_nodes == ("a",)
+    assert s.groups["render/g"].bound_slots == ("a",)
 
 
 def node_a_with(*pods: dict[str, Any]) -> cache.ClusterCache:
