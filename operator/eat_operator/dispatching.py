@@ -149,6 +149,20 @@ def _infeasible(d: api.JobDecision, spec: spec_mod.JobSpec, free: dict[str, int]
 # --------------------------------------------------------------------------- the loop
 
 
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why the API server refuses part of a job's group (a pod, a gate lift, the Service)."""
+
+    attempt: int
+    message: str
+    since: float
+    """When this attempt's refusals began (the dispatcher's clock): the timeout counts from it."""
+
+
+def owned_by(obj: Obj, uid: str) -> bool:
+    return uid in {o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
+
+
 class Dispatcher:
     def __init__(self, s: settings_mod.Settings, client: kube.Client, policy: PolicyClient,
                  clock: Callable[[], float] = time.time) -> None:
@@ -166,11 +180,12 @@ class Dispatcher:
         """When each Pending job's reason was last written by us (see ``_pending``)."""
         self._views = snapshot.ViewCache()
         self._resting: dict[str, float] = {}
-        self._create_errors: dict[tuple[str, str], tuple[int, str]] = {}
-        """Per job: the attempt and why the API server last refused one of its pods (cleared by a creation)."""
         """Node → until when it is not offered to the policy (``Step.rest_nodes``)."""
+        self._create_errors: dict[tuple[str, str], Refusal] = {}
+        """Per job: why the API server refuses one of its pods or a gate lift, or why a pod's name
+        is not free (cleared by a pass over the group that meets no refusal)."""
         self._services: set[tuple[str, str, str]] = set()
-        self._service_refused: dict[tuple[str, str], str] = {}
+        self._service_refused: dict[tuple[str, str], Refusal] = {}
         """Per job: why its Service could not be made (its gates stay on meanwhile)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._building: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -257,8 +272,9 @@ class Dispatcher:
                 if not invalid.empty:
                     work.append(self.execute(job, invalid))
                 continue
-            refused = self._create_errors.get(job.key, (0, None))[1] or self._service_refused.get(job.key)
-            step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s), refused)
+            refused = self._refusal(job)
+            step = status.reconcile(job, snap, self.s, podgroup.output_location(job, spec, self.s),
+                                    refused.message if refused else None, refused.since if refused else None)
             if not step.empty:
                 work.append(self.execute(job, step, spec))
         # Planning needs none of these writes: they touch jobs past Pending (or their leftover
@@ -269,7 +285,9 @@ class Dispatcher:
         batches = dispatched = 0
         shown: set[tuple[str, str]] = set()
         try:
-            for _ in range(self.s.batches_per_cycle):
+            # Bounded by the jobs shown, not the requests: a batch holds one priority, so held
+            # jobs at many priorities would otherwise use up the requests of every cycle.
+            while len(shown) < self.s.batches_per_cycle * self.s.batch_size:
                 n = await self.dispatch_batch(shown)
                 batches += 1
                 dispatched += n
@@ -337,6 +355,21 @@ class Dispatcher:
                                                             f"held: {why}", "Held")))
         await _gather(work)
         return dispatched
+
+    def _refusal(self, job: snapshot.JobView) -> Refusal | None:
+        """The refusal of the job's current attempt that began first, if any."""
+        current = [r for r in (self._create_errors.get(job.key), self._service_refused.get(job.key))
+                   if r is not None and r.attempt == job.attempts]
+        return min(current, key=lambda r: r.since, default=None)
+
+    def _refused(self, refusals: dict[tuple[str, str], Refusal], job: snapshot.JobView, message: str) -> None:
+        """Keep the gates on and say why: one FailedCreate Event when the refusals begin; the
+        attempt fails once they last the timeout (``status.reconcile``)."""
+        old = refusals.get(job.key)
+        if old is None or old.attempt != job.attempts:
+            self._post_event(job, status.Event("Warning", "FailedCreate", message))
+            old = Refusal(job.attempts, message, self.clock())
+        refusals[job.key] = dataclasses.replace(old, message=message)
 
     def _offered(self, snap: snapshot.ClusterSnapshot) -> list[api.NodeInfo]:
         """The nodes the policy may plan on: the snapshot's, less the resting ones."""
@@ -437,34 +470,52 @@ class Dispatcher:
         """Create what is missing of the group and lift the gates once all pods exist.
         Idempotent: names are fixed, 409 means it exists; with nothing missing, no request."""
         plan = job.plan or {}
-        attempt = job.attempts
         svc_key = (job.namespace, job.name, job.uid)
-        work: list[Any] = []
         needs_service = len(plan.get("nodes") or []) > 1  # one pod: no rendezvous
-        if needs_service and svc_key not in self._services:
-            work.append(self._create_service(job, svc_key))
-        manifests = podgroup.pods(job, spec, plan, attempt, self.s)
-        for m in manifests:
-            cur = self.pods.get((job.namespace, m["metadata"]["name"]))
-            if cur is None:
-                work.append(self._create_pod(job, m))
-        await _gather(work)
-        ready, gated = True, []
-        for m in manifests:
-            cur = self.pods.get((job.namespace, m["metadata"]["name"]))
-            if cur is None:
-                ready = False
-                continue
-            pv = snapshot.pod_view(cur)
-            if pv.attempt != attempt or pv.deleting:
-                ready = False
-            elif pv.gated:
-                gated.append(pv.name)
-        if not ready or (needs_service and svc_key not in self._services):
-            return  # no member starts before rank 0 can be found by name
-        await _gather([self._lift_gate(job.namespace, name) for name in gated])
+        manifests = podgroup.pods(job, spec, plan, job.attempts, self.s)
+        unmade_service = svc_key if needs_service and svc_key not in self._services else None
+        refusals = await self._create_missing(job, manifests, unmade_service)
+        gated = self._gated_if_whole(job, manifests, refusals)
+        if gated is not None and (not needs_service or svc_key in self._services):
+            # no member starts before rank 0 can be found by name
+            lifted = await asyncio.gather(*[self._lift_gate(job, name) for name in gated])
+            refusals += [r for r in lifted if r]
+        if refusals:
+            self._refused(self._create_errors, job, refusals[0])
+        else:
+            self._create_errors.pop(job.key, None)
         # The next cycle moves the job on (status.reconcile): to Running if kube-scheduler
         # bound the group meanwhile, else to Scheduling.
+
+    async def _create_missing(self, job: snapshot.JobView, manifests: list[Obj],
+                              service: tuple[str, str, str] | None) -> list[str]:
+        """Create the pods not in the read cache, and the Service if ``service`` (its key) is
+        given; why any pod was refused."""
+        missing = [m for m in manifests if self.pods.get((job.namespace, m["metadata"]["name"])) is None]
+        work = [self._create_service(job, service)] if service else []
+        created = await asyncio.gather(*[self._create_pod(job, m) for m in missing], *work)
+        return [r for r in created[: len(missing)] if r]
+
+    def _gated_if_whole(self, job: snapshot.JobView, manifests: list[Obj], refusals: list[str]) -> list[str] | None:
+        """The gated pods of the group, or None while it is not whole (a pod missing, of
+        another attempt, being deleted, or one whose name another object holds: added to
+        ``refusals``)."""
+        whole, gated = True, []
+        for m in manifests:
+            name = m["metadata"]["name"]
+            cur = self.pods.get((job.namespace, name))
+            if cur is not None and not owned_by(cur, job.uid):
+                refusals.append(_name_taken(name))
+                cur = None
+            if cur is None:
+                whole = False
+                continue
+            pv = snapshot.pod_view(cur)
+            if pv.attempt != job.attempts or pv.deleting:
+                whole = False
+            elif pv.gated:
+                gated.append(pv.name)
+        return gated if whole else None
 
     async def _create_service(self, job: snapshot.JobView, key: tuple[str, str, str]) -> None:
         url = kube.path("", "v1", "services", job.namespace)
@@ -474,59 +525,55 @@ class Dispatcher:
             if e.status != 409:
                 metrics.api_errors.labels("create_service").inc()
                 log.warning("service %s/%s: %s", job.namespace, job.name, e)
-                self._service_refused_because(job, f"service {job.name}: {e}")
+                self._refused(self._service_refused, job, f"service {job.name}: {e}")
                 return
             try:  # ours, or a deleted job's of the same name that the garbage collector has yet to remove?
                 existing = await self.client.request("GET", f"{url}/{job.name}")
             except kube.ApiError as e2:
                 if e2.status != 404:  # 404: gone since; the next attempt creates it
                     metrics.api_errors.labels("create_service").inc()
-                    self._service_refused_because(job, f"service {job.name} exists but cannot be read: {e2}")
+                    self._refused(self._service_refused, job, f"service {job.name} exists but cannot be read: {e2}")
                 return
-            owners = {o.get("uid") for o in (existing.get("metadata") or {}).get("ownerReferences") or []}
-            if job.uid not in owners:
-                self._service_refused_because(
-                    job, f"service {job.name}: the name is taken by a Service this job does not own")
+            if not owned_by(existing, job.uid):
+                self._refused(self._service_refused, job,
+                              f"service {job.name}: the name is taken by a Service this job does not own")
                 return
         self._service_refused.pop(job.key, None)
         self._services.add(key)
 
-    def _service_refused_because(self, job: snapshot.JobView, message: str) -> None:
-        """Keep the gates on and say why (one Event per job); the attempt fails after the timeout."""
-        if job.key not in self._service_refused:
-            self._post_event(job, status.Event("Warning", "FailedCreate", message))
-        self._service_refused[job.key] = message
-
-    async def _create_pod(self, job: snapshot.JobView, manifest: Obj) -> None:
+    async def _create_pod(self, job: snapshot.JobView, manifest: Obj) -> str | None:
+        """Create one pod; why it was refused, if it was."""
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         url = kube.path("", "v1", "pods", ns)
         try:
             body = await self.client.create(url, manifest)
             metrics.pods_created.inc()
-            self._create_errors.pop(job.key, None)
         except kube.ApiError as e:
             if e.status != 409:
                 metrics.api_errors.labels("create_pod").inc()
                 log.warning("pod %s/%s: %s", ns, name, e)
-                message = f"pod {name}: {e}"
-                if self._create_errors.get(job.key, (None, ""))[0] != job.attempts:  # one Event per attempt
-                    self._post_event(job, status.Event("Warning", "FailedCreate", message))
-                self._create_errors[job.key] = (job.attempts, message)
-                return
+                return f"pod {name}: {e}"
             try:
                 body = await self.client.request("GET", f"{url}/{name}")
             except kube.ApiError:
-                return
+                return None
+            if not owned_by(body, job.uid):  # the read cache may not keep it (no GPU): say so here
+                return _name_taken(name)
         self.pods.apply(None, body)
+        return None
 
-    async def _lift_gate(self, ns: str, name: str) -> None:
+    async def _lift_gate(self, job: snapshot.JobView, name: str) -> str | None:
+        """Lift one pod's gate; why it was refused, if it was (a pod deleted meanwhile is not
+        refused: the next cycle creates it again)."""
         try:
-            body = await self.client.merge_patch(kube.path("", "v1", "pods", ns, name), podgroup.lift_gate_patch())
+            body = await self.client.merge_patch(kube.path("", "v1", "pods", job.namespace, name),
+                                                 podgroup.lift_gate_patch())
         except kube.ApiError as e:
             metrics.api_errors.labels("lift_gate").inc()
-            log.warning("gate of %s/%s: %s", ns, name, e)
-            return
+            log.warning("gate of %s/%s: %s", job.namespace, name, e)
+            return None if e.status == 404 else f"pod {name}: the scheduling gate cannot be lifted: {e}"
         self.pods.apply(None, body)
+        return None
 
     async def _delete_pod(self, ns: str, name: str, force: bool = False) -> None:
         options: Obj = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
@@ -560,6 +607,10 @@ class Dispatcher:
         task = asyncio.get_running_loop().create_task(post())  # Events never delay the job
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _name_taken(pod: str) -> str:
+    return f"pod {pod}: the name is taken by a pod this job does not own"
 
 
 async def _gather(work: list[Any]) -> None:

@@ -92,6 +92,12 @@ def default_guidance(model: str) -> float | None:
     return None if catalog.MODEL_BY_NAME[model].cfg else 0.0
 
 
+def literal(text: str) -> str:
+    """An env ``value`` the container sees as ``text``: the kubelet expands ``$(VAR)`` (with the
+    variables defined before it, RANK among them) and turns ``$$`` into ``$``."""
+    return text.replace("$", "$$")
+
+
 def pods(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int,
          s: settings_mod.Settings) -> list[Obj]:
     """All k pods of this attempt, rank order."""
@@ -114,7 +120,7 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
         {"name": "MASTER_PORT", "value": str(port)},
         {"name": "EAT_INFER_JOB", "value": f"{job.namespace}/{job.name}"},
         {"name": "EAT_INFER_MODEL", "value": spec.model},
-        {"name": "EAT_INFER_PROMPT", "value": spec.prompt},
+        {"name": "EAT_INFER_PROMPT", "value": literal(spec.prompt)},
         {"name": "EAT_INFER_WIDTH", "value": str(spec.width)},
         {"name": "EAT_INFER_HEIGHT", "value": str(spec.height)},
         {"name": "EAT_INFER_STEPS", "value": str(steps)},
@@ -122,14 +128,14 @@ def pod(job: snapshot.JobView, spec: spec_mod.JobSpec, plan: Obj, attempt: int, 
         {"name": "EAT_INFER_CACHE_DIR", "value": s.model_cache_mount},
     ]
     if spec.negative_prompt:
-        env.append({"name": "EAT_INFER_NEGATIVE_PROMPT", "value": spec.negative_prompt})
+        env.append({"name": "EAT_INFER_NEGATIVE_PROMPT", "value": literal(spec.negative_prompt)})
     guidance = default_guidance(spec.model) if spec.guidance_scale is None else spec.guidance_scale
     if guidance is not None:
         env.append({"name": "EAT_INFER_GUIDANCE_SCALE", "value": str(guidance)})
     if spec.seed is not None:
         env.append({"name": "EAT_INFER_SEED", "value": str(spec.seed)})
     if spec.output_location:
-        env.append({"name": "EAT_INFER_OUTPUT_URI", "value": spec.output_location})
+        env.append({"name": "EAT_INFER_OUTPUT_URI", "value": literal(spec.output_location)})
     env += _copy(s.extra_env)
     resources = _copy(s.resources)
     resources.setdefault("limits", {})[api.GPU_RESOURCE] = "1"

@@ -42,8 +42,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1, le=1024)
     """Pending jobs per plan request: the policy service's window (``EAT_POLICY_WINDOW``)."""
     batches_per_cycle: int = Field(default=8, ge=1)
-    """Plan requests per dispatcher cycle, each for pending jobs the cycle has not shown the
-    policy yet (so held jobs do not block those behind them)."""
+    """Batches' worth of pending jobs a dispatcher cycle shows the policy: it sends plan
+    requests, each for pending jobs it has not shown yet (so held jobs do not block those
+    behind them), until it has shown ``batches_per_cycle × batch_size`` jobs. A batch holds
+    one priority, so the requests are not what is bounded: held jobs at many priorities would
+    use them all up, every cycle."""
     cycle_interval_s: float = Field(default=0.5, gt=0)
     """Longest sleep between cycles; watch events wake the loop earlier."""
     cycle_min_interval_s: float = Field(default=0.05, ge=0)
@@ -66,7 +69,8 @@ class Settings(BaseSettings):
     """Re-plans for causes that are not the job's fault (unschedulable, node lost)."""
     unschedulable_timeout_s: float = Field(default=60.0, gt=0)
     """A group not fully bound this long after its gate was lifted is torn down and re-planned;
-    one whose pods the API server still refuses this long after planning, or one with a member
+    one whose pods, gate lifts or Service the API server still refuses (or whose names other
+    objects still hold) this long after the plan and the first refusal, or one with a member
     whose container still cannot start (image pull, configuration) this long after binding,
     fails the attempt."""
     node_not_ready_grace_s: float = Field(default=40.0, ge=0)

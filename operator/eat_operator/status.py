@@ -174,16 +174,17 @@ def scheduling(job: snapshot.JobView, now: float) -> Obj:
 
 
 def reconcile(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
-              output: str, create_error: str | None = None) -> Step:
+              output: str, create_error: str | None = None, refused_since: float | None = None) -> Step:
     """The next step for a job that is not waiting for a plan (phase past Pending), or one
     that has leftover pods. Planning itself is ``dispatching``'s business. ``create_error``:
-    why the API server last refused one of its pods, or why its Service cannot be made, if so.
+    why the API server last refused one of its pods or a gate lift, or why its Service cannot
+    be made, if so; ``refused_since``: when this attempt's refusals began.
 
     Pods on a lost node (gone, or not Ready for ``node_not_ready_grace_s``) are removed with
     grace period 0, those being deleted already included: otherwise they would hold their
     names, and the job its next plan, until the pod garbage collector or a returning kubelet
     let go of them."""
-    step = _next_step(job, snap, s, output, create_error)
+    step = _next_step(job, snap, s, output, create_error, refused_since)
     lost = {p.name for p in snap.pods_of(job) if p.node and _node_lost(snap, p.node, s)}
     if not lost:
         return step
@@ -211,7 +212,7 @@ def _not_ready_past_grace(view: snapshot.NodeView, now: float, s: settings_mod.S
 
 
 def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings_mod.Settings,
-               output: str, create_error: str | None) -> Step:
+               output: str, create_error: str | None, refused_since: float | None) -> Step:
     now = snap.now
     pods = snap.pods_of(job)
     phase = job.phase
@@ -271,11 +272,14 @@ def _next_step(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: setting
 
     if len(current) < len(nodes) or any(p.gated for p in current.values()):
         since = kube.parse_time((job.status.get("timestamps") or {}).get("planned")) or now
+        if refused_since is not None:
+            since = max(since, refused_since)
         if phase == "Planned" and create_error and now - since > s.unschedulable_timeout_s:
-            # The API server keeps refusing the pods (quota, admission, a bad pod template), or
-            # the Service's name is taken: count it as a failed attempt, so the backoff limit
-            # ends it with the reason. Pods merely not tried yet (the operator was down since
-            # the plan) are not a failure.
+            # The API server keeps refusing the pods (quota, admission, a bad pod template) or
+            # their gates' lift, or a pod's or the Service's name is taken: count it as a failed
+            # attempt, so the backoff limit ends it with the reason. Pods merely not tried yet
+            # (the operator was down since the plan) are not a failure: the time counts from
+            # the first refusal.
             made = len(nodes) - len(set(range(len(nodes))) - set(current))
             return _teardown(job, snap, s, live, failure=True, reason="GroupNotCreated",
                              message=f"{made} of {len(nodes)} pods created, group not released after "
@@ -353,7 +357,9 @@ def _teardown(job: snapshot.JobView, snap: snapshot.ClusterSnapshot, s: settings
         st = failed(job, now, "ReplanLimitExceeded", f"{message}; re-planned {replans - 1} times already", live)
         assert st.status is not None
         return dataclasses.replace(st, status={**st.status, "replans": replans}, retried=reason)
-    conds = set_condition(job.status.get("conditions"), "Planned", False, reason, message, now)
+    conds = job.status.get("conditions")
+    for type_ in ("Planned", "GroupCreated", "Scheduled"):  # none holds for the next attempt yet
+        conds = set_condition(conds, type_, False, reason, message, now)
     text = f"retrying after attempt {job.attempts}: {message}"
     return Step(
         status={"phase": "Pending", "reason": reason, "message": text, "plan": None, "failures": failures,

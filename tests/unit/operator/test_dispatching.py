@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from tests.unit.operator.builders import T0, active_status, job, node, pod
 from tests.unit.operator.fake_api import FakeApi
 
 from eat_policy import api
 
-from eat_operator import dispatching, kube, snapshot, spec as spec_mod
+from eat_operator import dispatching, kube, snapshot, spec as spec_mod, status
 
 MODELS = spec_mod.known_models(())
 
@@ -175,9 +177,9 @@ def test_a_service_left_by_an_earlier_job_of_the_same_name_is_not_taken_for_ours
     d = _cycle(fake, settings)
     pods = fake.under(kube.path("", "v1", "pods", "ns"))
     assert len(pods) == 2 and all(p["spec"].get("schedulingGates") for p in pods)
-    assert "taken by a Service this job does not own" in d._service_refused[("ns", "j")]
+    assert "taken by a Service this job does not own" in d._service_refused[("ns", "j")].message
 
-    d.clock = lambda: T0 + 90 + settings.unschedulable_timeout_s + 1  # still taken past the timeout
+    d.clock = lambda: T0 + 100 + settings.unschedulable_timeout_s + 1  # still taken past the timeout
     for p in pods:
         d.observe("pods", "ADDED", p)
     asyncio.run(d.cycle())
@@ -201,7 +203,7 @@ def test_a_service_the_api_server_refuses_keeps_the_gates_on_and_fails_the_attem
     d = _cycle(fake, settings)
     pods = fake.under(kube.path("", "v1", "pods", "ns"))
     assert len(pods) == 2 and all(p["spec"].get("schedulingGates") for p in pods)
-    d.clock = lambda: T0 + 90 + settings.unschedulable_timeout_s + 1
+    d.clock = lambda: T0 + 100 + settings.unschedulable_timeout_s + 1  # from the first refusal
     for p in pods:
         d.observe("pods", "ADDED", p)
     asyncio.run(d.cycle())
@@ -256,5 +258,113 @@ def test_a_service_that_exists_but_cannot_be_read_is_said_so(settings) -> None: 
 
     fake.request = forbidden  # type: ignore[method-assign]
     d = _cycle(fake, settings)
-    assert "service j exists but cannot be read: " in d._service_refused[("ns", "j")]
+    assert "service j exists but cannot be read: " in d._service_refused[("ns", "j")].message
     assert all(p["spec"].get("schedulingGates") for p in fake.under(kube.path("", "v1", "pods", "ns")))
+
+
+def _failed_creates(d: dispatching.Dispatcher) -> list[str]:
+    """The messages of the FailedCreate Events ``d`` posts from now on."""
+    seen: list[str] = []
+    post = d._post_event
+
+    def recording(job: snapshot.JobView, ev: status.Event) -> None:
+        if ev.reason == "FailedCreate":
+            seen.append(ev.message)
+        post(job, ev)
+
+    d._post_event = recording  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("gpus", [0, 1], ids=["a-pod-the-read-cache-drops", "a-gpu-pod"])
+def test_a_pod_name_another_object_holds_fails_the_attempt_with_why(settings, gpus) -> None:  # type: ignore[no-untyped-def]
+    """StatefulSet `web`'s pod web-0 has the name of AIGCJob `web`'s rank 0: the job used to stay
+    Planned for ever, its GPUs reserved, re-posting the pod (or waiting for it) without a word."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    fake.put(_url(api.CRD_PLURAL, "web"), job("web", status=active_status("Planned", ["a", "a"], at=T0 + 90), patches=2))
+    fake.put(_url("pods", "web-0"), pod("web-0", job=None, gpus=gpus, phase="Running"))  # owned by no AIGCJob
+    d = _dispatcher(fake, settings)
+    events = _failed_creates(d)
+    asyncio.run(d.cycle())
+    taken = "pod web-0: the name is taken by a pod this job does not own"
+    assert events == [taken] and _status(fake, "web")["phase"] == "Planned"
+
+    d.clock = lambda: T0 + 100 + settings.unschedulable_timeout_s + 1
+    asyncio.run(d.cycle())
+    st = _status(fake, "web")
+    assert st["reason"] == "GroupNotCreated" and taken in st["message"] and st["failures"] == 1
+    assert events == [taken]  # one Event per attempt
+    assert fake.objects[_url("pods", "web-0")]["metadata"]["uid"] == "uid-web-0"  # theirs, left alone
+
+
+@pytest.mark.parametrize("code", [403, 404])
+def test_a_gate_lift_refused_for_good_fails_the_attempt_with_why(settings, code) -> None:  # type: ignore[no-untyped-def]
+    """E.g. a webhook denying pod updates, or RBAC without `patch` on pods: the gates stayed on
+    and only the log said why. A 404 (the pod deleted meanwhile) is no refusal: it is made again."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    fake.put(_url(api.CRD_PLURAL, "j"), job("j", status=active_status("Planned", ["a", "a"], at=T0 + 90), patches=2))
+    plain = fake.merge_patch
+
+    async def refusing(url: str, patch: dict) -> dict:
+        if "/pods/" in url:
+            raise kube.ApiError(code, "Refused", "admission webhook denied the request")
+        return await plain(url, patch)
+
+    fake.merge_patch = refusing  # type: ignore[method-assign]
+    d = _dispatcher(fake, settings)
+    events = _failed_creates(d)
+    asyncio.run(d.cycle())
+    d.clock = lambda: T0 + 100 + settings.unschedulable_timeout_s + 1
+    asyncio.run(d.cycle())
+    st = _status(fake, "j")
+    if code == 404:
+        assert st["phase"] == "Planned" and not events
+        return
+    why = f"pod j-0: the scheduling gate cannot be lifted: {code} Refused: admission webhook denied the request"
+    assert st["reason"] == "GroupNotCreated" and why in st["message"] and events == [why]
+
+
+def test_one_transient_refusal_after_a_restart_does_not_fail_the_attempt(settings) -> None:  # type: ignore[no-untyped-def]
+    """Planned, then the operator was down longer than the timeout: its first creation meets a
+    500 once. The timeout counts from that refusal, not from the plan."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    fake.put(_url(api.CRD_PLURAL, "j"), job("j", status=active_status("Planned", ["a", "a"], at=T0), patches=2))
+    pods = kube.path("", "v1", "pods", "ns")
+    fake.refusals[pods] = kube.ApiError(500, "InternalError", "failed calling webhook: context deadline exceeded")
+    restarted = T0 + 4 * settings.unschedulable_timeout_s
+    d = _dispatcher(fake, settings, now=restarted)
+    asyncio.run(d.cycle())
+    assert d._create_errors[("ns", "j")].since == restarted
+    del fake.refusals[pods]
+    d.clock = lambda: restarted + 0.5
+    asyncio.run(d.cycle())
+    assert _status(fake, "j")["phase"] == "Planned" and len(fake.under(pods)) == 2
+    assert ("ns", "j") not in d._create_errors  # a pass without refusal clears it
+
+
+def _held_behind(held: int, settings) -> FakeApi:  # type: ignore[no-untyped-def]
+    """One cycle of two batches of two over 4 GPUs: ``held`` jobs of 8 patches at as many
+    priorities, and behind them a job that fits."""
+    fake = FakeApi()
+    fake.put(_url("nodes", "a"), node("a", gpus=4))
+    for p in range(held):
+        fake.put(_url(api.CRD_PLURAL, f"big{p}"), job(f"big{p}", patches=8, priority=10 + p))
+    fake.put(_url(api.CRD_PLURAL, "small"), job("small", priority=0))
+    _cycle(fake, settings.model_copy(update={"batches_per_cycle": 2, "batch_size": 2}))
+    return fake
+
+
+def test_held_jobs_at_many_priorities_do_not_keep_a_lower_one_from_the_policy(settings) -> None:  # type: ignore[no-untyped-def]
+    """Each batch holds one priority: three held jobs at three priorities used to take every plan
+    request of a two-request cycle, every cycle. A cycle is bounded by the jobs it shows."""
+    fake = _held_behind(3, settings)
+    assert _status(fake, "small")["phase"] == "Planned"
+    assert [_status(fake, f"big{p}")["reason"] for p in range(3)] == ["Held"] * 3
+
+
+def test_a_cycle_shows_the_policy_at_most_batches_per_cycle_times_batch_size_jobs(settings) -> None:  # type: ignore[no-untyped-def]
+    fake = _held_behind(4, settings)
+    assert _status(fake, "small")["message"] == "waiting for a plan"  # the fifth job: next cycle

@@ -154,3 +154,35 @@ def test_one_pod_group_needs_no_gate(settings) -> None:  # type: ignore[no-untyp
     assert j.plan is not None
     (p,) = podgroup.pods(j, spec_mod.parse(j.body, MODELS), j.plan, 1, settings)
     assert p["spec"]["schedulingGates"] == [] and p["metadata"]["annotations"]["eat.aigc.io/group-size"] == "1"
+
+
+def kubelet_expand(value: str, defined: dict[str, str]) -> str:
+    """What a container sees of an env ``value`` (Kubernetes' third_party/forked/golang/expansion):
+    ``$(VAR)`` of a variable defined earlier is replaced, ``$$`` becomes ``$``."""
+    out, i = [], 0
+    while i < len(value):
+        nxt = value[i + 1] if value[i] == "$" and i + 1 < len(value) else ""
+        close = value.find(")", i + 2) if nxt == "(" else -1
+        if nxt == "$":
+            out.append("$")
+            i += 2
+        elif close >= 0:
+            name = value[i + 2:close]
+            out.append(defined.get(name, f"$({name})"))
+            i = close + 1
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+def test_the_container_sees_the_users_text_exactly(settings) -> None:  # type: ignore[no-untyped-def]
+    """Unescaped, a prompt with `$(RANK)` differed per rank and `$$` lost a `$`."""
+    prompt, negative = "rank $(RANK) costs $$5 or $5 $(EAT_INFER_MODEL)", "no $(WORLD_SIZE)$"
+    _, pods = build(settings, prompt=prompt, negativePrompt=negative, outputLocation="s3://images/$(RANK)$$.png")
+    for p in pods:
+        defined: dict[str, str] = {}
+        for e in p["spec"]["containers"][0]["env"]:
+            defined[e["name"]] = kubelet_expand(e["value"], defined)
+        assert defined["EAT_INFER_PROMPT"] == prompt and defined["EAT_INFER_NEGATIVE_PROMPT"] == negative
+        assert defined["EAT_INFER_OUTPUT_URI"] == "s3://images/$(RANK)$$.png"

@@ -9,10 +9,10 @@ from eat_policy import api
 from eat_operator import kube, snapshot, status
 
 
-def step(settings, st, pods=(), nodes=("a", "b"), now=T0 + 5, create_error=None, **kw):  # type: ignore[no-untyped-def]
+def step(settings, st, pods=(), nodes=("a", "b"), now=T0 + 5, create_error=None, refused_since=None, **kw):  # type: ignore[no-untyped-def]
     j = job(status=st, **kw)
     snap = snapshot.build([node(n) for n in nodes], pods, [j], now)
-    return status.reconcile(snap.jobs[("ns", "j")], snap, settings, "file:///o.png", create_error)
+    return status.reconcile(snap.jobs[("ns", "j")], snap, settings, "file:///o.png", create_error, refused_since)
 
 
 def test_planned_writes_plan_and_next_attempt_before_any_pod() -> None:
@@ -108,6 +108,16 @@ def test_pods_the_api_server_keeps_refusing_fail_the_attempt_with_its_reason(set
     s = step(settings, active_status("Planned", ["a", "b"]), one, now=T0 + 600)
     assert s.ensure_group and s.status is None and s.retried is None
 
+
+
+def test_refusals_fail_the_attempt_a_timeout_after_the_first_of_them(settings) -> None:  # type: ignore[no-untyped-def]
+    """Not a timeout after the plan: an operator down since then would fail the attempt on its
+    first transient refusal."""
+    refused = "pod j-0: 500 InternalError: failed calling webhook"
+    planned = active_status("Planned", ["a", "b"])
+    assert step(settings, planned, now=T0 + 600, create_error=refused, refused_since=T0 + 590).ensure_group
+    s = step(settings, planned, now=T0 + 621, create_error=refused, refused_since=T0 + 590)
+    assert s.status is not None and s.status["reason"] == "GroupNotCreated" and "after 31 s: " in s.status["message"]
 
 def test_stale_pods_of_old_attempts_are_deleted(settings) -> None:  # type: ignore[no-untyped-def]
     pods = [pod("j-0", rank=0, attempt=1, node="a", phase="Failed")]
@@ -231,3 +241,16 @@ def test_unschedulable_past_timeout_rests_the_nodes_that_kept_it(settings) -> No
     pods = [pod("j-0", rank=0, node="a", phase="Running"), pod("j-1", rank=1)]
     s = step(settings, active_status("Scheduling", ["a", "b"]), pods, now=T0 + 31)
     assert s.retried == "Unschedulable" and s.rest_nodes == ("b",) and "not bound to b" in s.status["message"]
+
+
+def test_a_torn_down_group_is_neither_created_nor_scheduled(settings) -> None:  # type: ignore[no-untyped-def]
+    """Back to Pending, the job's GroupCreated and Scheduled conditions used to stay True."""
+    was = [{"type": t, "status": "True", "reason": t, "message": "", "lastTransitionTime": kube.now_rfc3339(T0)}
+           for t in ("Planned", "GroupCreated", "Scheduled")]
+    pods = [pod("j-0", rank=0, node="a", phase="Failed"), pod("j-1", rank=1, node="b", phase="Running")]
+    s = step(settings, active_status("Running", ["a", "b"], conditions=was), pods)
+    assert s.status is not None and s.status["phase"] == "Pending"
+    conds = {c["type"]: c for c in s.status["conditions"]}
+    for type_ in ("Planned", "GroupCreated", "Scheduled"):
+        assert conds[type_]["status"] == "False" and conds[type_]["reason"] == "MemberFailed", type_
+        assert conds[type_]["message"] == "pod j-0 failed"
