@@ -77,6 +77,11 @@ class _Request(_Model):
 LATEST_TIME = 32_503_680_000.0
 """Unix time of the year 3000: the latest a request's clock readings may be (422 beyond)."""
 UnixTime = Annotated[float, Field(ge=0, le=LATEST_TIME)]
+MAX_GPU_MEM_GB = 1024.0
+"""The most memory a node's GPU may report (422 beyond): a bound that keeps the policy's
+float32 features finite, far above any GPU made."""
+MAX_DISK_GB = 1_000_000.0
+"""The largest model cache a node may report (a petabyte; 422 beyond)."""
 
 
 class JobRequest(_Request):
@@ -103,8 +108,8 @@ class NodeInfo(_Request):
     ready: bool = True
     cached_models: list[str] = Field(default_factory=list)
     resident_models: list[str] = Field(default_factory=list)
-    gpu_mem_gb: float | None = Field(default=None, gt=0)
-    disk_gb: float | None = Field(default=None, gt=0)
+    gpu_mem_gb: float | None = Field(default=None, gt=0, le=MAX_GPU_MEM_GB)
+    disk_gb: float | None = Field(default=None, gt=0, le=MAX_DISK_GB)
 
 
 class PlanRequest(_Request):

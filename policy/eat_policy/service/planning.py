@@ -2,8 +2,9 @@
 
 The policy is asked repeatedly at the same instant, as in the simulator: each dispatch marks
 its GPUs busy until the predicted finish and warms their caches, until the policy waits or
-no job is left. A learned policy that raises or proposes something infeasible is replaced,
-for the whole request, by the fallback heuristic, and the response says so.
+no job is left. A learned policy that raises, scores options with numbers that are not finite
+or proposes something infeasible is replaced, for the whole request, by the fallback
+heuristic, and the response says so.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _physics = physics.EdgePhysics()
 
 
 class PolicyFailed(RuntimeError):
-    """The learned policy raised or proposed something infeasible; the message says what."""
+    """The learned policy raised, scored with numbers that are not finite or proposed something
+    infeasible; the message says what."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,8 @@ def plan_snapshot(snap: Snapshot, policy: base.Policy, strict: bool, gpu_keeps_m
             if not strict:
                 raise
             raise PolicyFailed(f"policy raised {type(e).__name__}: {e}") from e
+        if strict and not finite_outputs(policy):
+            raise PolicyFailed("policy's outputs are not finite (NaN or infinite scores)")
         if d is None:
             break
         problem = infeasible(snap, d)
@@ -71,6 +75,13 @@ def plan_snapshot(snap: Snapshot, policy: base.Policy, strict: bool, gpu_keeps_m
         snap = _apply(snap, d, placement, gpu_keeps_model)
         del rows[d.job]
     return Plan(out, snap, rows)
+
+
+def finite_outputs(policy: base.Policy) -> bool:
+    """Whether the latest actor pass of a learned policy is finite. A NaN score compares false
+    with every other, so the greedy choice among them is arbitrary but looks feasible."""
+    instant = getattr(policy, "instant", None)  # a heuristic has none
+    return instant is None or all(np.isfinite(x).all() for x in (instant.u, instant.v, instant.w))
 
 
 def infeasible(snap: Snapshot, d: Decision) -> str | None:
@@ -188,11 +199,17 @@ HELD = "held: other jobs first, or waiting for warm GPUs is predicted to finish 
 
 def wait_reasons(snap: Snapshot) -> list[str]:
     """Why each job left in ``snap`` waits: no idle GPU at all, no GPU able to run its model
-    (memory, nodes not ready), or held by the policy. One readiness per model, not a candidate
-    search per job."""
+    (memory, nodes not ready), fewer such GPUs than its patch counts need, or held by the
+    policy. One readiness per model, not a candidate search per job."""
     if not snap.idle_gpus().size:
         return ["no idle GPU"] * snap.n_jobs
     readiness = {m: _physics.readiness(snap, m) for m in set(snap.job_model.tolist())}
-    return [HELD if _physics.can_place(snap, j, readiness[int(snap.job_model[j])]) else NO_GPU_FOR_MODEL
-            for j in range(snap.n_jobs)]
+    return [_wait_reason(snap, j, readiness[int(snap.job_model[j])]) for j in range(snap.n_jobs)]
 
+
+def _wait_reason(snap: Snapshot, j: int, r: physics.Readiness) -> str:
+    if _physics.can_place(snap, j, r):
+        return HELD
+    if r.usable == 0:
+        return NO_GPU_FOR_MODEL
+    return f"needs {min(snap.allowed_k(j))} GPUs, {r.usable} usable"

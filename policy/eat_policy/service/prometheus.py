@@ -1,14 +1,16 @@
 """Live node state from Prometheus: GPU utilisation (DCGM) and model caches (node agent).
 
-Instant queries over the HTTP API, each bounded by a timeout; samples older than the
-staleness limit are ignored. Any failure yields no metrics plus the reason, so planning
-goes on from the request alone.
+Instant queries over the HTTP API, all of one plan within one time budget; samples older
+than the staleness limit, non-finite samples and series with malformed labels are ignored.
+Any failure yields no metrics plus the reason, so planning goes on from the request alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import time
 
 import httpx
@@ -54,18 +56,31 @@ class Client:
         a ``time.perf_counter`` reading)."""
         left = deadline - time.perf_counter()
         if left <= 0:
-            raise PrometheusError(f"timed out: queries took over {self.timeout_s} s")
+            raise PrometheusError(self._timed_out())
         try:
-            r = self.http.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=left)
-            body = r.json()
+            # httpx's timeout bounds each socket operation, not the request: a server that
+            # trickles its answer would restart it with every chunk, so the body is read here.
+            with self.http.stream("GET", f"{self.url}/api/v1/query", params={"query": promql}, timeout=left) as r:
+                body = json.loads(self._read_body(r, deadline))
         except (httpx.HTTPError, ValueError) as e:
             raise PrometheusError(f"{type(e).__name__}: {e}") from None
         if r.status_code != 200 or body.get("status") != "success":
             raise PrometheusError(f"HTTP {r.status_code}: {body.get('error', 'query failed')}")
         return body["data"]["result"]  # type: ignore[no-any-return]
 
+    def _read_body(self, r: httpx.Response, deadline: float) -> bytes:
+        chunks = []
+        for chunk in r.iter_bytes():
+            if time.perf_counter() > deadline:
+                raise PrometheusError(self._timed_out())
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _timed_out(self) -> str:
+        return f"timed out: queries took over {self.timeout_s} s"
+
     def fresh(self, metric: str, deadline: float) -> tuple[list[tuple[dict[str, str], float]], set[str]]:
-        """Series of ``metric`` with their values, dropping samples older than the limit.
+        """Series of ``metric`` with their finite values, dropping samples older than the limit.
 
         Returns the fresh (labels, value) pairs and the nodes that only had stale samples.
         """
@@ -76,37 +91,49 @@ class Client:
         for s in series:
             labels = s["metric"]
             age = now - stamps.get(_key(labels), now)
-            if age > self.staleness_s:
+            if not age <= self.staleness_s:  # a NaN timestamp is no sign of freshness either
                 stale.add(labels.get("node") or labels.get(self.node_label, "?"))
                 continue
-            out.append((labels, float(s["value"][1])))
+            value = float(s["value"][1])
+            if math.isfinite(value):  # "+Inf" and "NaN" are valid Prometheus samples
+                out.append((labels, value))
         return out, stale
 
     def fetch(self) -> Fetch:
         t0 = time.perf_counter()
-        deadline = t0 + self.timeout_s  # one budget for all queries of a plan
-        nodes: NodeMetrics = {}
-        stale: set[str] = set()
         try:
-            cached, s1 = self.fresh(api.METRIC_MODEL_CACHED, deadline)
-            resident, s2 = self.fresh(api.METRIC_MODEL_RESIDENT, deadline)
-            util, s3 = self.fresh(api.DCGM_GPU_UTIL, deadline)
+            nodes, stale = self._read(t0 + self.timeout_s)  # one budget for all queries of a plan
         except (PrometheusError, LookupError, TypeError, ValueError, AttributeError) as e:
             why = str(e) if isinstance(e, PrometheusError) else f"malformed answer: {type(e).__name__}: {e}"
             log.warning("prometheus unavailable, planning from the request alone: %s", why)
             return Fetch({}, why, [], time.perf_counter() - t0)
-        stale = s1 | s2 | s3
-        for labels, value in cached:
-            if value > 0 and "node" in labels and "model" in labels:
-                nodes.setdefault(labels["node"], NodeLive()).cached.add(labels["model"])
-        for labels, value in resident:
-            if value > 0 and "node" in labels and "model" in labels:
-                nodes.setdefault(labels["node"], NodeLive()).resident.add(labels["model"])
-        for labels, value in util:
-            node = labels.get(self.node_label) or labels.get("node")
-            if node is not None and labels.get("gpu", "").isdigit():
-                nodes.setdefault(node, NodeLive()).gpu_util[int(labels["gpu"])] = value / 100.0
         return Fetch(nodes, None, sorted(stale - set(nodes)), time.perf_counter() - t0)
+
+    def _read(self, deadline: float) -> tuple[NodeMetrics, set[str]]:
+        """Every node's live state, and the nodes with stale samples only."""
+        cached, s1 = self.fresh(api.METRIC_MODEL_CACHED, deadline)
+        resident, s2 = self.fresh(api.METRIC_MODEL_RESIDENT, deadline)
+        util, s3 = self.fresh(api.DCGM_GPU_UTIL, deadline)
+        nodes: NodeMetrics = {}
+        for labels, value in cached:
+            node, model = _label(labels, "node"), _label(labels, "model")
+            if value > 0 and node and model:
+                nodes.setdefault(node, NodeLive()).cached.add(model)
+        for labels, value in resident:
+            node, model = _label(labels, "node"), _label(labels, "model")
+            if value > 0 and node and model:
+                nodes.setdefault(node, NodeLive()).resident.add(model)
+        for labels, value in util:
+            node, gpu = _label(labels, self.node_label) or _label(labels, "node"), _label(labels, "gpu")
+            if node and gpu and gpu.isascii() and gpu.isdigit():  # "²" is a digit, not an index
+                nodes.setdefault(node, NodeLive()).gpu_util[int(gpu)] = min(max(value / 100.0, 0.0), 1.0)
+        return nodes, s1 | s2 | s3
+
+
+def _label(labels: dict[str, str], name: str) -> str | None:
+    """A label's value; None where it is missing or not a string (a malformed series)."""
+    value = labels.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:

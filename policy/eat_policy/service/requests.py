@@ -7,6 +7,7 @@ so the featurisation sees the same scales in training and in service.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -25,15 +26,22 @@ class BadRequest(ValueError):
 
 
 def gpu_type(product: str) -> catalog.GpuType:
-    """GPU type from the ``nvidia.com/gpu.product`` label (exact, then by type name)."""
+    """GPU type from the ``nvidia.com/gpu.product`` label: the catalog's type whose name is a
+    word of the label (``NVIDIA-L40`` is no ``L4``), with the label's interconnect and memory
+    where it names them (``NVIDIA-A100-PCIE-40GB``); the unknown type if no word names one."""
     for g in catalog.GPU_TYPES.values():
         if product == g.product:
             return g
-    upper = product.upper()
-    for g in sorted(catalog.GPU_TYPES.values(), key=lambda g: -len(g.name)):
-        if g.name.upper() in upper:
-            return g
-    return UNKNOWN_GPU
+    words = re.split(r"[-_\s]+", product.upper())
+    known = [g for g in catalog.GPU_TYPES.values() if g.name.upper() in words]
+    base = known[0] if known else UNKNOWN_GPU
+    sizes = [float(m[1]) for w in words if (m := _MEMORY_SIZE.fullmatch(w))]
+    return dataclasses.replace(base, link="pcie" if "PCIE" in words else base.link,
+                               mem_gb=sizes[-1] if sizes else base.mem_gb)
+
+
+_MEMORY_SIZE = re.compile(r"(?:\d+G\.)?([1-9]\d{0,3})GB")
+"""A memory size word: ``40GB``, or a MIG slice's ``1G.5GB`` (its 5 GB, named after the card's)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,6 +72,18 @@ def test_an_infeasible_decision_is_replaced_by_the_fallback(planner: Planner, mo
     assert body.policy.fallback and "infeasible decision" in (body.policy.fallback_reason or "")
 
 
+def test_an_actor_whose_scores_are_not_finite_is_replaced_by_the_fallback(
+        planner: Planner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With NaN scores the greedy choice still "answers" (every dispatch at the fewest steps)."""
+    assert planner.learned is not None
+    actor = planner.learned.actor  # type: ignore[attr-defined]
+    forward = actor.forward
+    monkeypatch.setattr(actor, "forward", lambda *a, **kw: tuple(t * float("nan") for t in forward(*a, **kw)))
+    body = planner.plan(request())
+    assert body.policy.fallback and body.policy.name == "edf-cache-queue-fit"
+    assert "not finite" in (body.policy.fallback_reason or "")
+
+
 def test_a_node_without_gpus_is_left_out(planner: Planner) -> None:
     req = api.PlanRequest(jobs=[api.JobRequest(**make_job())],
                           nodes=[api.NodeInfo(**make_node("a")), api.NodeInfo(**make_node("empty", gpus=0))])

@@ -57,13 +57,19 @@ def test_a_gpu_past_its_expected_release_is_still_busy(client) -> None:  # type:
     assert body["decisions"][0]["action"] == "wait"
 
 
-def test_a_job_no_idle_gpu_set_can_run_says_so(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_needing_more_gpus_than_the_cluster_has_says_how_many(client) -> None:  # type: ignore[no-untyped-def]
     jobs = [make_job(id="ns/four-patches", patches=4, age_s=5), make_job(id="ns/small", age_s=1)]
     body = plan(client, jobs, [make_node(n) for n in ("a", "b", "c")])
     by_job = {d["job"]: d for d in body["decisions"]}
     assert by_job["ns/small"]["action"] == "dispatch"
     assert by_job["ns/four-patches"]["action"] == "wait"
-    assert by_job["ns/four-patches"]["reason"] == "no GPU can run this model now (memory or nodes not ready)"
+    assert by_job["ns/four-patches"]["reason"] == "needs 4 GPUs, 3 usable"
+
+
+def test_a_job_no_gpu_has_memory_for_says_so(client) -> None:  # type: ignore[no-untyped-def]
+    sdxl = make_job(model="sdxl", width=1024, height=1024, steps_min=15, steps_max=40)
+    body = plan(client, [sdxl], [make_node("small", gpus=2, gpu_mem_gb=8), make_node("down", ready=False)])
+    assert body["decisions"][0]["reason"] == "no GPU can run this model now (memory or nodes not ready)"
 
 
 def test_empty_node_list_holds_every_job(client) -> None:  # type: ignore[no-untyped-def]
@@ -107,8 +113,10 @@ def test_unplannable_requests_get_422_with_the_reason(client, mutate, message) -
     {"jobs": [make_job(deadline_s=1e307)], "nodes": [make_node("a")]},
     {"jobs": [make_job(arrival_time=float("nan"))], "nodes": [make_node("a")]},
     {"jobs": [make_job()], "nodes": [make_node("a", gpus=2, free=1, gpu_free_at=[float("nan")])]},
+    {"jobs": [make_job()], "nodes": [make_node("a", gpu_mem_gb=1e39)]},
+    {"jobs": [make_job()], "nodes": [make_node("a", disk_gb=1e39)]},
 ], ids=["missing-fields", "unknown-field", "width-7", "unknown-big-field", "wrong-type", "now-infinite",
-        "now-huge", "deadline-huge", "arrival-nan", "free-at-nan"])
+        "now-huge", "deadline-huge", "arrival-nan", "free-at-nan", "gpu-memory-huge", "disk-huge"])
 def test_malformed_requests_get_422(client, bad) -> None:  # type: ignore[no-untyped-def]
     """Non-finite or absurd times included: an infinite ``now`` used to spin a worker forever."""
     r = client.post("/v1/plan", content=json.dumps(bad), headers={"content-type": "application/json"})
