@@ -20,7 +20,8 @@ the second waits, then finds it. The archive is checked against its sha256, unpa
 ``tmp/`` and moved into ``models/`` with one ``rename``, so a reader sees the whole model or
 nothing; a failed, corrupt or partial download leaves nothing behind. A placed model whose
 files do not have the sizes recorded when it was placed is treated as absent and fetched
-again. Eviction is least-recently-used under a byte capacity.
+again, and so is one whose archive's sha256 is not the one asked for. Eviction is
+least-recently-used under a byte capacity.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -276,6 +278,8 @@ class ModelCache:
         self.capacity_bytes = capacity_bytes
         self.lock_timeout_s = lock_timeout_s
         self.clock = clock
+        self._reading: dict[str, list[IO[str]]] = {}
+        """Use-lock files this process holds shared through :meth:`in_use`, by model key."""
         for sub in ("models", "meta", "locks", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -346,11 +350,14 @@ class ModelCache:
     def ensure(self, name: str, store: ModelStore | None, expected_sha256: str | None = None) -> Fetched:
         """The model's folder in the cache: a hit, or fetched from ``store`` now.
 
+        With ``expected_sha256``, a cached copy of another archive is a miss: it is evicted
+        (unless another process is reading it) and the model fetched again.
         Raises a :class:`CacheError` subclass with a message that names the model and the
         store; the cache is unchanged by a failed fetch.
         """
         key = key_of(name)
-        hit = self._verified(key)
+        expected = _parse_sha256(expected_sha256, "expected sha256") if expected_sha256 else None
+        hit = self._hit(key, expected)
         if hit is not None:
             self._write_meta(key, last_used=self.clock())
             return Fetched(name, hit.path, "disk", 0.0, 0.0, hit.bytes)
@@ -359,23 +366,28 @@ class ModelCache:
         t0 = time.monotonic()
         with self._model_lock(key, name):
             waited = time.monotonic() - t0
-            hit = self._verified(key)  # fetched by another process while we waited
+            hit = self._hit(key, expected)  # fetched by another process while we waited
             if hit is not None:
                 self._write_meta(key, last_used=self.clock())
                 return Fetched(name, hit.path, "disk", 0.0, waited, hit.bytes)
             t1 = time.monotonic()
+            self._evict_other_archive(key, name, expected)
             self._clean_leftovers(key)
-            path, size, evicted = self._fetch(name, key, store, expected_sha256)
+            path, size, evicted = self._fetch(name, key, store, expected)
             return Fetched(name, path, "store", time.monotonic() - t1, waited, size, evicted)
 
     @contextlib.contextmanager
     def in_use(self, name: str) -> Iterator[None]:
         """Hold the model against eviction while it is read (a shared lock)."""
-        with (self.root / "locks" / f"{key_of(name)}.use").open("a") as f:
+        key = key_of(name)
+        with (self.root / "locks" / f"{key}.use").open("a") as f:
             fcntl.flock(f, fcntl.LOCK_SH)
+            held = self._reading.setdefault(key, [])
+            held.append(f)
             try:
                 yield
             finally:
+                held.remove(f)
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def evict(self, name: str) -> bool:
@@ -383,6 +395,26 @@ class ModelCache:
         key = key_of(name)
         with self._model_lock(key, name):
             return self._evict_locked(key)
+
+    def _hit(self, key: str, expected: str | None) -> CachedModel | None:
+        """The complete cached copy, if it is of the expected archive (any, when None)."""
+        model = self._verified(key)
+        if model is None or expected is None or model.sha256 == expected:
+            return model
+        logger.warning("cached model %s is of sha256 %s, not the expected %s", model.name, model.sha256, expected)
+        return None
+
+    def _evict_other_archive(self, key: str, name: str, expected: str | None) -> None:
+        """Under the model's lock: evict a complete copy that :meth:`_hit` refused. The caller's
+        own :meth:`in_use` hold does not keep it: that hold is for the copy ``ensure`` returns."""
+        other = self._verified(key)
+        if other is None or expected is None or other.sha256 == expected:
+            return
+        if not self._evict_locked(key, despite_own_hold=True):
+            raise CacheError(
+                f"model {name!r}: the cached copy is of sha256 {other.sha256}, not the expected {expected}, "
+                f"and another process is reading it; it cannot be replaced now"
+            )
 
     def _verified(self, key: str) -> CachedModel | None:
         d = self.root / "models" / key
@@ -440,7 +472,7 @@ class ModelCache:
         tmp = self.root / "tmp" / f"{key}.{uuid.uuid4().hex}"
         archive = tmp.with_suffix(".tar")
         try:
-            expected = _parse_sha256(expected, "expected sha256") if expected else store.sha256(name)
+            expected = expected or store.sha256(name)
             h, n = hashlib.sha256(), 0
             with store.open(name) as (src, length), archive.open("wb") as dst:
                 try:
@@ -448,7 +480,7 @@ class ModelCache:
                         h.update(chunk)
                         dst.write(chunk)
                         n += len(chunk)
-                except OSError as e:
+                except (OSError, http.client.HTTPException) as e:  # IncompleteRead: a chunked body cut off
                     raise StoreUnreachableError(
                         f"model {name!r}: download from {store.uri} broke off after {n} bytes: {e}"
                     ) from e
@@ -508,26 +540,44 @@ class ModelCache:
             os.rename(tmp, self.root / "models" / key)  # atomic: the model appears whole
         return tuple(evicted)
 
-    def _evict_locked(self, key: str) -> bool:
+    def _evict_locked(self, key: str, despite_own_hold: bool = False) -> bool:
         d = self.root / "models" / key
         if not d.exists():
             return False
-        with (self.root / "locks" / f"{key}.use").open("a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with self._sole_reader(key, despite_own_hold) as sole:
+            if not sole:
                 logger.info("not evicting %s: it is being read", key)
                 return False
-            try:
-                # Rename first, so that readers never see a half-deleted model.
-                doomed = self.root / "tmp" / f"{key}.evicted.{uuid.uuid4().hex}"
-                os.rename(d, doomed)
-                _remove(doomed)
-                (self.root / "meta" / f"{key}.json").unlink(missing_ok=True)
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+            # Rename first, so that readers never see a half-deleted model.
+            doomed = self.root / "tmp" / f"{key}.evicted.{uuid.uuid4().hex}"
+            os.rename(d, doomed)
+            _remove(doomed)
+            (self.root / "meta" / f"{key}.json").unlink(missing_ok=True)
         logger.info("evicted model %s", key)
         return True
+
+    @contextlib.contextmanager
+    def _sole_reader(self, key: str, despite_own_hold: bool) -> Iterator[bool]:
+        """The model's use lock held exclusively, if no one reads the model (else False).
+
+        ``despite_own_hold``: this process's :meth:`in_use` hold (the runner's, around ``ensure``)
+        does not count. flock would count it as another reader if locked through a second open
+        file, so that hold is converted to exclusive and back instead. A conversion that fails
+        drops the shared lock: it is taken again, which cannot block, as an exclusive lock is
+        only taken under the model's lock, held here.
+        """
+        own = self._reading.get(key, []) if despite_own_hold else []
+        with contextlib.ExitStack() as stack:
+            f = own[-1] if own else stack.enter_context((self.root / "locks" / f"{key}.use").open("a"))
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                sole = True
+            except BlockingIOError:
+                sole = False
+            try:
+                yield sole
+            finally:
+                fcntl.flock(f, fcntl.LOCK_SH if own else fcntl.LOCK_UN)
 
 
 def _unpack(archive: pathlib.Path, dest: pathlib.Path, name: str) -> dict[str, int]:

@@ -30,12 +30,15 @@ class OutputError(Exception):
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key.png`` → ``("bucket", "some/key.png")``."""
-    parts = urllib.parse.urlsplit(uri)
-    key = parts.path.lstrip("/")
-    if parts.scheme != "s3" or not parts.netloc or not key:
+    """``s3://bucket/some/key.png`` → ``("bucket", "some/key.png")``.
+
+    Split literally, not as a URL: the key is everything after the bucket's ``/``, ``?``,
+    ``#`` and further ``/`` included, so that the object is the one the job's status names.
+    """
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket or not key:
         raise ValueError(f"output URI {uri!r} is not s3://<bucket>/<key>")
-    return parts.netloc, key
+    return bucket, key
 
 
 def put_image(cfg: settings.InferSettings, image: pathlib.Path) -> None:
@@ -55,8 +58,14 @@ def put_image(cfg: settings.InferSettings, image: pathlib.Path) -> None:
 
 def _client(cfg: settings.InferSettings) -> Minio:
     endpoint = urllib.parse.urlsplit(cfg.s3_endpoint)
-    timeout = urllib3.Timeout(connect=cfg.s3_timeout_s, read=cfg.s3_timeout_s)
-    retries = urllib3.Retry(total=3, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504))
+    # The IAM role's metadata endpoint gets the store's timeout too: minio's default client
+    # has none, and an endpoint that accepts but never answers would block rank 0 forever.
+    iam = IamAwsProvider(http_client=_http_client(cfg, retries=1))
     return Minio(endpoint=endpoint.netloc, secure=endpoint.scheme == "https", region=cfg.s3_region,
-                 credentials=ChainedProvider([EnvAWSProvider(), IamAwsProvider()]),
-                 http_client=urllib3.PoolManager(timeout=timeout, retries=retries))
+                 credentials=ChainedProvider([EnvAWSProvider(), iam]), http_client=_http_client(cfg, retries=3))
+
+
+def _http_client(cfg: settings.InferSettings, retries: int) -> urllib3.PoolManager:
+    timeout = urllib3.Timeout(connect=cfg.s3_timeout_s, read=cfg.s3_timeout_s)
+    retry = urllib3.Retry(total=retries, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504))
+    return urllib3.PoolManager(timeout=timeout, retries=retry)

@@ -1,4 +1,5 @@
-"""A model store over HTTP on loopback, for cache tests: counts requests, can stall or cut off."""
+"""A model store over HTTP on loopback, for cache tests: counts requests, can stall or cut off
+(a sized body or a chunked one)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,26 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 self.wfile.flush()
                 self.close_connection = True
                 return
+            if srv.chunked_cut_to is not None:
+                self._send_chunked_cut_off(srv.chunked_cut_to)
+                return
         super().do_GET()
+
+    def _send_chunked_cut_off(self, size: int) -> None:
+        """One chunk of ``size`` bytes, then the connection closes without the last chunk."""
+        data = (pathlib.Path(self.directory) / self.path.lstrip("/")).read_bytes()[:size]
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+        self.close_connection = True
 
 
 class _Server(http.server.ThreadingHTTPServer):
     delay_s = 0.0
     truncate_to: int | None = None
+    chunked_cut_to: int | None = None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

@@ -161,6 +161,18 @@ def test_partial_download_is_discarded(tmp_path: pathlib.Path, store: pathlib.Pa
         assert c.ensure("b", cache.store_from_uri(srv.url)).cold
 
 
+def test_a_chunked_download_cut_off_is_a_store_error(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    """A store or proxy that dies mid-way through a chunked body: the store is unreachable
+    (exit 4), not an unhandled IncompleteRead (exit 1, "a bug")."""
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    with storeserver.serve(store) as srv:
+        srv.chunked_cut_to = 100_000
+        with pytest.raises(cache.StoreUnreachableError, match="model 'b': download from .* broke off"):
+            c.ensure("b", cache.store_from_uri(srv.url, timeout_s=5))
+    assert c.models() == []
+    assert_clean(c)
+
+
 @pytest.mark.parametrize(
     "uri",
     [
@@ -193,6 +205,51 @@ def test_damaged_cached_model_is_fetched_again(tmp_path: pathlib.Path, store: pa
     again = c.ensure("a", s)
     assert again.cold
     assert weights.stat().st_size == MiB
+
+
+def repack(tmp_path: pathlib.Path, store: pathlib.Path, name: str) -> str:
+    """A new version of ``name`` in the store (other weights); its archive's sha256."""
+    cache.pack(make_model(tmp_path / "v2", name, MiB, fill=b"2"), store, name)
+    return (store / f"{name}.tar.sha256").read_text().split()[0]
+
+
+def test_a_cached_copy_of_another_archive_is_fetched_again(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    """EAT_INFER_EXPECTED_SHA256 names the archive to run: a cached copy of another one
+    (an older version of the model) is a miss, replaced by the store's."""
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    s = cache.LocalStore(store)
+    old = c.ensure("a", s)
+    new_sha = repack(tmp_path, store, "a")
+    with c.in_use("a"):  # as the runner asks: its own hold does not keep the old copy
+        fetched = c.ensure("a", s, expected_sha256=new_sha.upper())
+    assert fetched.cold and fetched.path == old.path
+    assert (fetched.path / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == b"2" * MiB
+    assert c.get("a").sha256 == new_sha  # type: ignore[union-attr]
+    assert c.ensure("a", None, expected_sha256=new_sha).source == "disk"
+    assert_clean(c)
+
+
+def test_a_cached_copy_of_another_archive_that_is_being_read_is_not_replaced(tmp_path: pathlib.Path,
+                                                                              store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    s = cache.LocalStore(store)
+    c.ensure("a", s)
+    old_sha = c.get("a").sha256  # type: ignore[union-attr]
+    new_sha = repack(tmp_path, store, "a")
+    other_pod = cache.ModelCache(c.root, 10 * MiB)  # another open file of the use lock: another reader
+    with other_pod.in_use("a"), pytest.raises(cache.CacheError, match=f"sha256 {old_sha}, not the expected "
+                                                                      f"{new_sha}, and another process is reading it"):
+        c.ensure("a", s, expected_sha256=new_sha)
+    assert c.get("a").sha256 == old_sha  # type: ignore[union-attr]
+    assert_clean(c)
+    assert c.ensure("a", s, expected_sha256=new_sha).cold  # once it is no longer read
+
+
+def test_a_malformed_expected_sha256_is_refused_even_on_a_hit(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
+    c = cache.ModelCache(tmp_path / "cache", 10 * MiB)
+    c.ensure("a", cache.LocalStore(store))
+    with pytest.raises(cache.CacheError, match="expected sha256 does not hold a sha256 digest"):
+        c.ensure("a", None, expected_sha256="not-a-digest")
 
 
 def test_leftovers_of_crashed_fetches_are_cleaned(tmp_path: pathlib.Path, store: pathlib.Path) -> None:
