@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,10 +20,6 @@ from eat_policy.agents import base
 from eat_policy.sim import engine, scenarios
 from eat_policy.sim import metrics as metrics_mod
 
-# Two-sided 95% Student t quantiles for 1..30 degrees of freedom; the normal beyond.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042)
 TABLE_METRICS = ("resp_mean_s", "resp_p95_s", "deadline_attainment", "quality_mean", "cold_start_rate", "gpu_util")
 
 
@@ -74,8 +71,33 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     if len(x) == 1:
         return float(x[0]), float("nan")
-    t = _T95[len(x) - 2] if len(x) - 1 <= len(_T95) else 1.96
+    t = t95(len(x) - 1)
     return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+@functools.lru_cache(maxsize=None)
+def t95(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` degrees of freedom (to 1e-12)."""
+    lo, hi = 0.0, 16.0  # the quantile is 12.706 at df = 1 and falls with df
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_central(mid, df) < 0.95 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _t_central(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with integer ``df``: the closed forms of Abramowitz and
+    Stegun 26.7.3 (odd df) and 26.7.4 (even df); scipy is not a dependency."""
+    theta = math.atan(t / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    term = total = 1.0
+    for i in range(2 + df % 2, df - 1, 2):  # the series in cos(theta)^2: i = 2, 4, ... or 3, 5, ...
+        term *= c2 * (i - 1) / i
+        total += term
+    if df % 2 == 0:
+        return math.sin(theta) * total
+    tail = math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0
+    return 2 / math.pi * (theta + tail)
 
 
 def summarise(results: list[EpisodeResult]) -> list[dict[str, object]]:

@@ -27,6 +27,19 @@ class InvalidDecision(ValueError):
     """A policy asked for something the cluster cannot do; the message says what."""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Load:
+    """What one dispatch loads: undone if its gang is killed before the load ends."""
+
+    model: int
+    ready_s: float
+    """When the gang's start-up ends: before then its pods have not loaded the model."""
+    gpus: tuple[int, ...]
+    """Members that load the model (from disk or the store): it was not in their memory."""
+    downloads: tuple[int, ...]
+    """Nodes whose download of the model this dispatch started."""
+
+
 class Simulator:
     def __init__(self, scenario: scenarios.Scenario) -> None:
         self.scenario = scenario
@@ -55,6 +68,7 @@ class Simulator:
         self._running: list[tuple[float, int, int]] = []  # (finish, token, job)
         self._token = np.zeros(n, dtype=np.int64)
         self._job_gpus: dict[int, tuple[int, ...]] = {}
+        self._loads: dict[int, _Load] = {}  # running edge jobs
         self.gpu_free_at = np.zeros(lay.n_gpus)
         self.busy_gpu_s = 0.0
         self.node_up = np.ones(lay.n_nodes, dtype=bool)
@@ -160,7 +174,7 @@ class Simulator:
         heapq.heappush(self._running, (finish, int(self._token[job]), job))
         self._job_gpus[job] = d.gpus
         self.records.start(job, self.now, d.k, d.steps, self.physics.quality(snap, d.job, d.steps), placement.cache, reward)
-        self._update_caches(snap, d, job, placement.start_s)
+        self._update_caches(snap, d, job, placement)
         self._snap = None
         return reward
 
@@ -195,20 +209,27 @@ class Simulator:
         q = spec.quality(d.steps) / spec.quality_knots[-1][1]
         return float(response <= deadline) + q - min(response / deadline, 3.0) / 3.0
 
-    def _update_caches(self, snap: Snapshot, d: Decision, job: int, launch: float) -> None:
+    def _update_caches(self, snap: Snapshot, d: Decision, job: int, p: physics.Placement) -> None:
         if self.scenario.name == "paper":
             if not physics.is_warm_group(self.node_group, d.gpus):
                 self._form_group(d.gpus)
             return
         assert isinstance(self.physics, physics.EdgePhysics)
         m = int(self.trace.model[job])
+        loading = tuple(g for g in d.gpus if not self.gpu_resident[g, m])  # before the touches below
         for g in d.gpus if self.scenario.gpu_keeps_model else ():
             mem = float(snap.node_gpu_mem_gb[snap.gpu_node[g]]) * GPU_RESIDENT_SHARE
             self._touch(self._resident_lru[g], self.gpu_resident[g], m, self._vram, mem)
+        downloads = []
+        loading_nodes = {int(snap.gpu_node[g]) for g in loading}
         for n in {int(snap.gpu_node[g]) for g in d.gpus}:
+            if n not in loading_nodes and not self.node_disk[n, m]:
+                continue  # every member on n runs from GPU memory: nothing is read or fetched
             if not self.node_disk[n, m]:  # this gang's pod on n downloads it; siblings wait for the file
-                self.node_disk_ready[n, m] = launch + self.physics.download_s[m]
+                self.node_disk_ready[n, m] = p.start_s + self.physics.download_s[m]
+                downloads.append(n)
             self._touch(self._disk_lru[n], self.node_disk[n], m, self._size, float(self.layout.node_disk_gb[n]))
+        self._loads[job] = _Load(m, p.start_s + p.startup_s, loading, tuple(downloads))
 
     def _form_group(self, nodes: tuple[int, ...]) -> None:
         """A cold start tears down every group the new set touches (paper-notes.md)."""
@@ -267,6 +288,7 @@ class Simulator:
             if token == self._token[job]:
                 self.records.finish(job, finish)
                 del self._job_gpus[job]
+                self._loads.pop(job, None)
         while self._events and self._events[0][0] <= t:
             _, _, kind, node = heapq.heappop(self._events)
             self._fail(node) if kind == "fail" else self._repair(node)
@@ -293,20 +315,47 @@ class Simulator:
         """Kill the gangs touching the node, requeue their jobs, lose its GPU-resident models."""
         self.node_up[node] = False
         gpus = set(self.layout.slots[node, : self.layout.node_gpus[node]].tolist())
-        for job, members in list(self._job_gpus.items()):
-            if gpus.isdisjoint(members):
-                continue
-            self._token[job] += 1  # the pending completion is now stale
-            del self._job_gpus[job]
-            for g in members:
-                self.busy_gpu_s -= (self.gpu_free_at[g] - self.now)
-                self.gpu_free_at[g] = self.now
-            self.records.killed(job)
-            bisect.insort(self.queue, job)
+        killed = [job for job, members in self._job_gpus.items() if not gpus.isdisjoint(members)]
+        loads = [load for load in (self._loads.pop(job, None) for job in killed) if load is not None]
+        for job in killed:
+            self._kill(job)
+        for load in loads:
+            self._undo_unfinished(load)
+        # Their completions would still wake the episode, and keep it going, if left in the heap.
+        self._running = [e for e in self._running if e[1] == self._token[e[2]]]
+        heapq.heapify(self._running)
         for g in gpus:
             self.gpu_resident[g] = False
             self._resident_lru[g].clear()
         self._push_event(self.now + self.scenario.repair_s, "repair", node)
+
+    def _kill(self, job: int) -> None:
+        self._token[job] += 1  # the pending completion is now stale
+        for g in self._job_gpus.pop(job):
+            self.busy_gpu_s -= (self.gpu_free_at[g] - self.now)
+            self.gpu_free_at[g] = self.now
+        self.records.killed(job)
+        bisect.insort(self.queue, job)
+
+    def _undo_unfinished(self, load: _Load) -> None:
+        """A gang killed during its start-up leaves behind no model in its GPUs' memory, nor
+        a file its pods were still downloading (unless a live gang waits for that file)."""
+        if self.now >= load.ready_s:
+            return
+        m = load.model
+        for g in load.gpus:
+            if self.gpu_resident[g, m]:
+                self.gpu_resident[g, m] = False
+                self._resident_lru[g].remove(m)
+        for n in load.downloads:
+            if self.node_disk[n, m] and self.now < self.node_disk_ready[n, m] and not self._awaited(n, m):
+                self.node_disk[n, m] = False
+                self._disk_lru[n].remove(m)
+
+    def _awaited(self, node: int, m: int) -> bool:
+        """Whether a live gang loads model m on the node from its disk."""
+        gpu_node = self.layout.gpu_node
+        return any(load.model == m and any(gpu_node[g] == node for g in load.gpus) for load in self._loads.values())
 
     def _repair(self, node: int) -> None:
         self.node_up[node] = True
