@@ -448,7 +448,6 @@ def train(args: Args) -> Path:
     else:
         run_dir = args.out / f"{args.scenario}__{args.variant}__{args.seed}__{int(time.time())}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), default=str, indent=1))
 
     # ALGO LOGIC: networks, targets, optimisers, entropy temperature
     actor = new_actor(args)
@@ -475,6 +474,10 @@ def train(args: Args) -> Path:
             log_alpha.copy_(state["log_alpha"])
         global_step, best = int(state["global_step"]), float(state["best"])
         rng = np.random.default_rng([args.seed, global_step])
+        torch.manual_seed(int(rng.integers(2**31)))  # not the noise of the run's first steps again
+    # a resume keeps the run's own record and writes its settings beside it
+    args_file = "args.json" if state is None else f"args-resume-{global_step}.json"
+    (run_dir / args_file).write_text(json.dumps(dataclasses.asdict(args), default=str, indent=1))
     run_log = RunLog(args, run_dir, start_wall, best)
     writer = run_log.writer
     if writer:
@@ -989,15 +992,20 @@ def main(
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
     if resume is not None and (differ := resume_mismatches(resume, args)):
-        raise typer.BadParameter("resume: give the run's own options, they shape its networks: " + "; ".join(differ))
+        raise typer.BadParameter("resume: give the run's own options, they shape its networks, task, reward "
+                                 "or evaluation: " + "; ".join(differ))
     run_dir = train(args)
     typer.echo(f"run directory: {run_dir}")
 
 
-RESUME_MUST_MATCH = ("scenario", "variant", "hint", "residual", "step_bins", "d_model", "diffusion_steps")
+RESUME_MUST_MATCH = ("scenario", "variant", "hint", "residual", "step_bins", "d_model", "diffusion_steps",
+                     "nodes", "mode", "gpu_keeps_model", "points", "quality_weight", "env_reward_weight",
+                     "time_scale_s", "gamma", "discount_time_s", "eval_points", "eval_seeds", "eval_nodes")
 """What a resumed run must share with the run: the networks' shapes and inputs, and the options
 they choose among (a residual actor has a plain actor's weights, so a mismatch there loads
-without an error and trains something else)."""
+without an error and trains something else); and the task, reward and evaluation, since the
+run's best return, which a resumed evaluation must beat to replace ``policy.pt``, was measured
+with them (another quality weight alone moves a paper return from 18.3 to 26.6)."""
 
 
 def resume_mismatches(run_dir: Path, args: Args) -> list[str]:

@@ -43,8 +43,11 @@ def test_trainer_runs_logs_checkpoints_and_resumes(tmp_path) -> None:
 
     resume = [sys.executable, "-m", "eat_policy.train", "--scenario", "paper", "--total-timesteps", "300",
               "--eval-every", "300", "--eval-seeds", "1", "--bc-weight", "0.5", "--resume", str(run_dir)]
+    saved = (run_dir / "args.json").read_text()
     subprocess.run(resume, check=True, capture_output=True, timeout=280)
     assert torch.load(run_dir / "state.pt", weights_only=True)["global_step"] == 300
+    assert (run_dir / "args.json").read_text() == saved  # the run's record stays; the resume's is beside it
+    assert json.loads((run_dir / "args-resume-240.json").read_text())["total_timesteps"] == 300
 
 
 def test_the_warm_starts_demonstrations_survive_a_save_and_load(tmp_path) -> None:
@@ -83,6 +86,9 @@ def test_resuming_refuses_options_that_change_the_runs_networks(tmp_path) -> Non
                         "--resume", str(tmp_path)], capture_output=True, text=True, env=os.environ | {"COLUMNS": "400"})
     assert r.returncode != 0 and "residual is True in the run, False here" in r.stderr, r.stderr
     assert train.resume_mismatches(tmp_path, dataclasses.replace(run, seed=7, bc_weight=1.0)) == []
+    # the run's best return was measured with its reward and evaluation: a resume keeps them
+    assert train.resume_mismatches(tmp_path, dataclasses.replace(run, quality_weight=8.0, eval_seeds=2)) == [
+        "quality_weight is 0.0 in the run, 8.0 here", "eval_seeds is 5 in the run, 2 here"]
     legacy = {k: v for k, v in json.loads((tmp_path / "args.json").read_text()).items() if k != "residual"}
     (tmp_path / "args.json").write_text(json.dumps(legacy))  # a run from before residual actors
     assert train.resume_mismatches(tmp_path, dataclasses.replace(run, residual=False)) == []
