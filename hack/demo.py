@@ -15,9 +15,11 @@ Run: hack/demo.sh (sets up everything). Options: --jobs N, --seed S, --keep (lea
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,8 +44,29 @@ from eat_policy.sim import catalog, engine, layout, scenarios, traces  # noqa: E
 
 console = Console(width=170)
 NAMESPACE = "demo"
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 PROMPTS = ("a lighthouse in a storm, oil painting", "a red fox in fresh snow, photo", "a city of glass at dawn",
            "an astronaut riding a horse on the moon", "a bowl of ramen, studio lighting", "a gothic castle at dusk")
+
+
+def demo_cluster_dir() -> Path:
+    """One per checkout (as hack/test.sh keys the tests' one): another checkout's demo is left alone."""
+    return lc.cache_root() / f"cluster-demo-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+
+
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end the run through `finally`, which stops what it started."""
+    def handler(signum: int, _frame: object) -> None:
+        ignore_exit_signals()
+        raise SystemExit(128 + signum)
+    for sig in EXIT_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def ignore_exit_signals() -> None:
+    """For the clean-up: a signal then must not cut it short."""
+    for sig in EXIT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def free_port() -> int:
@@ -130,6 +153,16 @@ def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subpr
                             start_new_session=True)
 
 
+def stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 10.0) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def job_manifests(sc: scenarios.Scenario, seed: int, n: int) -> list[tuple[float, dict]]:  # type: ignore[type-arg]
     tr = traces.make_trace(sc, seed)
     out = []
@@ -144,6 +177,12 @@ def job_manifests(sc: scenarios.Scenario, seed: int, n: int) -> list[tuple[float
                      "deadlineSeconds": max(1, int(round(float(tr.deadline_s[i]))))},
         }))
     return out
+
+
+def delete_leftovers(names: list[str], kubeconfig: Path) -> None:
+    """A kept cluster may still hold these jobs from an earlier run, finished: they would count as done."""
+    lc.kubectl("delete", "aigcjobs", "-n", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=50s", *names,
+               kubeconfig=kubeconfig)
 
 
 def live_table(items: list[dict]) -> Table:  # type: ignore[type-arg]
@@ -186,10 +225,12 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     operator = None
     extender_port = free_port()
-    os.environ.setdefault("EAT_CLUSTER_DIR", str(Path.home() / ".cache" / "eat" / "cluster-demo"))
+    extender_url = f"http://127.0.0.1:{extender_port}"
+    os.environ.setdefault("EAT_CLUSTER_DIR", str(demo_cluster_dir()))
+    exit_on_signals()
     try:
         console.rule("1. control plane, fake GPU nodes, metrics")
-        kubeconfig = lc.up(extender_url=f"http://127.0.0.1:{extender_port}")
+        kubeconfig = lc.up(extender_url=extender_url)
         os.environ["KUBECONFIG"] = str(kubeconfig)
         os.environ["PATH"] = f"{lc.bin_dir()}:{os.environ['PATH']}"
         names = create_nodes(lay, kubeconfig)
@@ -229,8 +270,10 @@ def main() -> None:
         }).start()
 
         console.rule(f"3. a burst of {args.jobs} AIGCJobs (the edge scenario's trace, seed {args.seed})")
-        t0 = time.monotonic()
         pending = job_manifests(sc, args.seed, args.jobs)
+        ours = {m["metadata"]["name"] for _, m in pending}
+        delete_leftovers(sorted(ours), kubeconfig)
+        t0 = time.monotonic()
         deadline = t0 + args.timeout
         with Live(console=console, refresh_per_second=2) as live:
             while time.monotonic() < deadline:
@@ -240,7 +283,8 @@ def main() -> None:
                 if due:
                     lc.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": due}),
                                kubeconfig=kubeconfig)
-                items = lc.kubectl_json("get", "aigcjobs", "-n", NAMESPACE, kubeconfig=kubeconfig)["items"]
+                items = [it for it in lc.kubectl_json("get", "aigcjobs", "-n", NAMESPACE, kubeconfig=kubeconfig)["items"]
+                         if it["metadata"]["name"] in ours]
                 for it in items:
                     st = it.get("status") or {}
                     if st.get("phase") == "Succeeded":
@@ -250,7 +294,7 @@ def main() -> None:
                     break
                 time.sleep(1.0)
         console.print()
-        all_done = summarise(items, time.monotonic() - t0)
+        all_done = summarise(items, len(ours), time.monotonic() - t0)
         console.rule("4. side by side")
         policies = (["eat"] if "eat" in base.names() and checkpoint.exists() else []) + ["edf-cache-queue-fit", "edf-cache-queue", "edf-cache", "first-fit"]
         console.print(simulate_same_burst(sc, args.seed, policies))
@@ -258,28 +302,30 @@ def main() -> None:
         if not all_done:
             raise SystemExit("not every job succeeded; see the logs above")
     finally:
+        ignore_exit_signals()
         if operator is not None and not args.keep:
             operator.stop()
         if not args.keep:
-            for p in procs:
-                p.terminate()
-            lc.down()
+            stop(procs)
+            # Only the cluster this run started: the extender URL it recorded is ours.
+            if lc.cluster_info().get("extender_url") == extender_url:
+                lc.down()
 
 
-def summarise(items: list[dict], wall_s: float) -> bool:  # type: ignore[type-arg]
-    """Print the outcome; True when every job succeeded."""
+def summarise(items: list[dict], burst: int, wall_s: float) -> bool:  # type: ignore[type-arg]
+    """Print the outcome; True when every job of the burst succeeded (one never applied did not)."""
     status = [i.get("status") or {} for i in items]
     done = [s for s in status if s.get("phase") == "Succeeded"]
     met = [s for s in done if s.get("deadlineMet")]
     fallback = [s for s in status if (s.get("plan") or {}).get("fallback")]
     lat = [s["latencySeconds"] for s in done if s.get("latencySeconds") is not None]
     pred = [(s.get("plan") or {}).get("predictedLatencySeconds") for s in done]
-    console.print(f"[bold]{len(done)}/{len(items)} Succeeded in {wall_s:.0f} s; deadlines met {len(met)}/{len(items)}; "
+    console.print(f"[bold]{len(done)}/{burst} Succeeded in {wall_s:.0f} s; deadlines met {len(met)}/{burst}; "
                   f"planned by the fallback: {len(fallback)}[/bold]")
     if lat:
         console.print(f"observed latency (submit → done): mean {sum(lat) / len(lat):.1f} s; "
                       f"predicted run time mean {sum(p for p in pred if p) / max(1, len([p for p in pred if p])):.1f} s")
-    return bool(items) and len(done) == len(items)
+    return burst > 0 and len(done) == burst
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$("$root/hack/setup-venv.sh")
 "$root/hack/cluster/build.sh" >&2
 if ! command -v prometheus >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # Two commands, not an && list: set -e stops at a failed update.
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 export PATH="$venv/bin:$PATH"
 exec "$venv/bin/python" "$root/hack/demo.py" "$@"

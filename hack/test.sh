@@ -6,7 +6,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$("$root/hack/setup-venv.sh")
 # Real services the tests start themselves: Prometheus (Debian package).
 if ! command -v prometheus >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # Two commands, not an && list: set -e stops at a failed update.
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 # The real control plane's binaries (etcd, kube-apiserver, ..., kwok, kubectl, helm), built
 # from the pinned Go modules once per machine into ~/.cache/eat (hack/cluster/README.md).

@@ -3,11 +3,12 @@
 # kube-controller-manager, kube-scheduler, kwok, kubectl, helm) from their Go
 # modules into a cache outside the clone:
 #
-#   ${EAT_CACHE:-$HOME/.cache/eat}/k8s-<k8s>-kwok-<kwok>/bin/
+#   ${EAT_CACHE:-$HOME/.cache/eat}/k8s-<k8s>-kwok-<kwok>-<hash>/bin/
 #
-# Reused when present: a stamp file records a hash of go.mod, go.sum,
-# versions.env and cmd/; binaries already there are kept and only missing ones
-# are built (all of them when the hash changed). Prints the bin dir last.
+# <hash> is a hash of go.mod, go.sum, versions.env and cmd/. Two checkouts that
+# differ there build into two folders, so neither deletes binaries the other's
+# running control plane uses. Reused when present: a stamp file records the hash
+# once a build completed; only missing binaries are built. Prints the bin dir last.
 #
 #   hack/cluster/build.sh            build what is missing
 #   hack/cluster/build.sh --force    rebuild everything
@@ -18,15 +19,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 
-cache=${EAT_CACHE:-$HOME/.cache/eat}
-dest="$cache/k8s-$K8S_VERSION-kwok-$KWOK_VERSION"
-bin="$dest/bin"
-stamp="$dest/stamp"
-all=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl helm)
-
-force=0
+force=0 print=0
 case "${1:-}" in
-  --print) echo "$bin"; exit 0 ;;
+  --print) print=1 ;;
   --force) force=1 ;;
   "") ;;
   *) echo "usage: $0 [--force|--print]" >&2; exit 2 ;;
@@ -34,10 +29,37 @@ esac
 
 cd "$here"
 hash=$(cat go.mod go.sum versions.env $(find cmd -name '*.go' | LC_ALL=C sort) | sha256sum | cut -c1-16)
+cache=${EAT_CACHE:-$HOME/.cache/eat}
+name="k8s-$K8S_VERSION-kwok-$KWOK_VERSION"
+dest="$cache/$name-$hash"
+bin="$dest/bin"
+stamp="$dest/stamp"
+all=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl helm)
+
+if [[ $print == 1 ]]; then echo "$bin"; exit 0; fi
+
+# One build of a folder at a time (tests and the demo of two checkouts may start
+# together): the second waits, then finds it up to date.
+mkdir -p "$cache"
+exec {lock}>"$dest.lock"
+flock "$lock"
+
+# Folders named without the hash (earlier layout): one built from the same
+# inputs is taken over by hard links, which copy nothing and move nothing a
+# running process uses.
+legacy="$cache/$name"
+if [[ ! -e $dest && -f $legacy/stamp && "$(cat "$legacy/stamp")" == "$hash" ]]; then
+  mkdir "$dest"
+  cp -al "$legacy/bin" "$legacy/share" "$dest/"
+  cp "$legacy/stamp" "$stamp"
+  echo "build.sh: took over $legacy" >&2
+fi
 
 missing=()
 if [[ $force == 1 || ! -f $stamp || "$(cat "$stamp")" != "$hash" ]]; then
-  rm -rf "$bin" "$stamp"
+  # No rm -rf: go build replaces each binary by a new file, and a process still
+  # running the old one keeps it.
+  rm -f "$stamp"
   missing=("${all[@]}")
 else
   for b in "${all[@]}"; do [[ -x $bin/$b ]] || missing+=("$b"); done

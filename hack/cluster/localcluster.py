@@ -26,7 +26,7 @@ Commands:
 
 State (certificates, kubeconfigs, etcd data, logs, pid files) lives in
 ${EAT_CLUSTER_DIR:-~/.cache/eat/cluster}; the admin kubeconfig is <state>/kubeconfig.
-Binaries come from ${EAT_CLUSTER_BIN:-<build.sh cache>/bin}.
+Binaries come from ${EAT_CLUSTER_BIN:-the bin dir of `build.sh --print`}.
 
 Needs: Python >= 3.11, PyYAML, openssl on PATH.
 """
@@ -34,6 +34,7 @@ Needs: Python >= 3.11, PyYAML, openssl on PATH.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -130,8 +131,17 @@ def cache_root() -> Path:
 def bin_dir() -> Path:
     if os.environ.get("EAT_CLUSTER_BIN"):
         return Path(os.environ["EAT_CLUSTER_BIN"])
-    v = read_versions()
-    return cache_root() / f"k8s-{v['K8S_VERSION']}-kwok-{v['KWOK_VERSION']}" / "bin"
+    return _built_bin_dir(str(cache_root()))
+
+
+@functools.lru_cache
+def _built_bin_dir(cache: str) -> Path:
+    """build.sh names its folder by a hash of its inputs: it says which (`--print`)."""
+    r = subprocess.run(["bash", str(BUILD_SH), "--print"], env={**os.environ, "EAT_CACHE": cache},
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ClusterError(f"{BUILD_SH} --print failed: {r.stderr.strip()}")
+    return Path(r.stdout.strip())
 
 
 def state_dir() -> Path:
@@ -325,7 +335,9 @@ def _alive(pid: int, exe: str) -> bool:
         with open(f"/proc/{pid}/stat") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                 return False
-        return os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(exe)
+        # A rebuild (build.sh --force) replaces the file: the process still runs ours.
+        running_exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+        return running_exe == os.path.realpath(exe)
     except (OSError, IndexError):
         return False
 
@@ -346,7 +358,7 @@ def start(lay: Layout, name: str, argv: Sequence[str]) -> int:
             list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=lay.root,
         )
-    _pidfile(lay, name).write_text(f"{p.pid}\n{argv[0]}\n")
+    _pidfile(lay, name).write_text(f"{p.pid}\n{os.path.realpath(argv[0])}\n")
     return p.pid
 
 
@@ -495,11 +507,15 @@ def is_up(lay: Layout | None = None) -> bool:
 
 
 def up(build: bool = True, timeout: float = 120.0, extender_url: str | None = None) -> Path:
-    """Start the local control plane (no-op when it is already healthy). Returns the admin kubeconfig."""
+    """Start the local control plane (no-op when it is already healthy and calls the same
+    extender). Returns the admin kubeconfig."""
     lay = Layout(state_dir())
     if is_up(lay):
-        log(f"already up; KUBECONFIG={lay.kubeconfig}")
-        return lay.kubeconfig
+        recorded, wanted = _info(lay).get("extender_url"), resolve_extender_url(extender_url)
+        if recorded == wanted:
+            log(f"already up; KUBECONFIG={lay.kubeconfig}")
+            return lay.kubeconfig
+        log(f"restarting: its eat-scheduler calls the extender at {recorded}, not {wanted}")
     bdir = ensure_binaries(build)
     for attempt in (1, 2):
         try:
@@ -669,12 +685,28 @@ def _stop_all(lay: Layout, quiet: bool = False) -> list[str]:
 
 
 def down() -> list[str]:
-    """Stop every process this tool started for the state dir (from its pid files)."""
+    """Stop every process this tool started for the state dir (from its pid files), and drop
+    the etcd data (throwaway: up starts from none)."""
     lay = Layout(state_dir())
     stopped = _stop_all(lay)
     if not stopped:
         log("nothing running")
+    if not _processes_in(lay.root):
+        shutil.rmtree(lay.etcd_data, ignore_errors=True)
     return stopped
+
+
+def _processes_in(root: Path) -> list[int]:
+    """Pids working in root: every process start() ran there, even one whose pid file is lost."""
+    root_s = os.path.realpath(root)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == root_s:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
 
 
 # --------------------------------------------------------------------------- fake GPU nodes

@@ -18,6 +18,8 @@ if ! kind get clusters 2>/dev/null | grep -qx eat; then
 else
   kind get kubeconfig --name eat > "$kubeconfig"
 fi
-python3 "$repo/hack/cluster/localcluster.py" attach --kubeconfig "$kubeconfig"
-python3 "$repo/hack/cluster/localcluster.py" add-nodes "$nodes" --kubeconfig "$kubeconfig"
+# The checkout's venv: localcluster.py needs PyYAML, which a bare python3 may lack.
+python="$("$repo/hack/setup-venv.sh")/bin/python"
+"$python" "$repo/hack/cluster/localcluster.py" attach --kubeconfig "$kubeconfig"
+"$python" "$repo/hack/cluster/localcluster.py" add-nodes "$nodes" --kubeconfig "$kubeconfig"
 echo "export KUBECONFIG=$kubeconfig EAT_USE_KUBECONFIG=1"
