@@ -159,8 +159,10 @@ class Args:
     resume: Optional[Path] = None
     """Run directory to resume from (its ``state.pt``); the replay buffer is refilled."""
     init: Optional[Path] = None
-    """A policy checkpoint (e.g. a shipped one) to start the actor from instead of a warm start:
-    SAC fine-tunes it, with fresh critics (``actor_starts`` lets them learn its returns first)."""
+    """A policy checkpoint (e.g. a shipped one) to start the actor from: SAC fine-tunes it, with
+    fresh critics (``actor_starts`` lets them learn its returns first); with ``bc_policy`` it acts
+    from the warm start's first round, and it is evaluated first, so the run keeps it unless a
+    clone or SAC beats it."""
     export: Optional[Path] = None
     """Copy the best policy checkpoint here at the end (e.g. eat_policy/checkpoints/eat-paper.pt)."""
     # the scenario's DEFAULTS where None (an explicit value, 0 included, is kept)
